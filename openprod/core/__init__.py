@@ -1,0 +1,1 @@
+"""Core value types: ids, clocks, identity, the canonical codec, operations and bundles."""

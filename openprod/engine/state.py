@@ -1,0 +1,912 @@
+"""The state projection (StateDeriver's domain): entities, facets, fields, tips, edges, schema.
+
+Applies whole bundles from the oplog in `seq` order, incrementally, with its checkpoint in the
+same transaction; rebuilds by full replay in canonical `(hlc, op_id)` order when spec 01 §7
+requires it. Derivation never rejects: an op applies or is recorded in `inert_ops`. Registers
+are LWW on the 28-byte stamp `hlc ‖ op_id`; tips (the writes no other write has seen) make
+concurrent differing writes visible as conflicts.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import apsw
+
+from openprod.core import codec
+from openprod.core import hlc as hlcmod
+from openprod.core import vclock as vcmod
+from openprod.core.ops import STRUCTURAL, op_hash
+from openprod.engine import crdt
+from openprod.engine.rowcache import Rows
+from openprod.storage import db
+
+PROJECTION_VERSION = 1
+ZERO_STAMP = bytes(28)
+ENTITY_KEY = "$entity"
+FLUSH_EVERY = 50_000
+REDIRECT_CAP = 64
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entities(
+    entity BLOB PRIMARY KEY, deleted INTEGER NOT NULL, created INTEGER NOT NULL, redirect BLOB
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS facets(
+    entity BLOB, facet TEXT, attached INTEGER NOT NULL, stamp BLOB NOT NULL,
+    PRIMARY KEY(entity, facet)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS facets_by_facet ON facets(facet, attached);
+CREATE TABLE IF NOT EXISTS fields(
+    entity BLOB, slot TEXT, value BLOB, stamp BLOB NOT NULL, actor BLOB NOT NULL,
+    PRIMARY KEY(entity, slot)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS fields_slot_value ON fields(slot, value);
+CREATE TABLE IF NOT EXISTS crdt_docs(
+    entity BLOB, slot TEXT, state BLOB NOT NULL, PRIMARY KEY(entity, slot)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tips(
+    kind TEXT, owner BLOB, key TEXT, tips BLOB NOT NULL, PRIMARY KEY(kind, owner, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS writes(
+    kind TEXT, owner BLOB, key TEXT, op_id BLOB, hlc BLOB NOT NULL, actor BLOB NOT NULL,
+    bundle_id BLOB NOT NULL, fkey TEXT, PRIMARY KEY(kind, owner, key, op_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS edges(
+    edge BLOB PRIMARY KEY, type TEXT, src BLOB, dst BLOB, deleted INTEGER NOT NULL,
+    dstamp BLOB NOT NULL, idx TEXT, istamp BLOB, cstamp BLOB
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS edges_src ON edges(src, type);
+CREATE INDEX IF NOT EXISTS edges_dst ON edges(dst, type, idx, edge);
+CREATE TABLE IF NOT EXISTS edge_props(
+    edge BLOB, key TEXT, value BLOB, stamp BLOB NOT NULL, PRIMARY KEY(edge, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS schema_tables(
+    facet TEXT PRIMARY KEY, label TEXT NOT NULL, stamp BLOB NOT NULL, module TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS schema_fields(
+    facet TEXT, field TEXT, ftype TEXT NOT NULL, crdt INTEGER NOT NULL, def_stamp BLOB NOT NULL,
+    label TEXT NOT NULL, opts BLOB, stamp BLOB NOT NULL, PRIMARY KEY(facet, field)
+);
+CREATE TABLE IF NOT EXISTS schema_edge_types(
+    type TEXT PRIMARY KEY, ordered INTEGER NOT NULL, ostamp BLOB NOT NULL, label TEXT NOT NULL,
+    props BLOB, stamp BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS field_slots(fkey TEXT PRIMARY KEY, slot TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS mappings(
+    key_a TEXT, key_b TEXT, confirmed INTEGER NOT NULL, stamp BLOB NOT NULL,
+    PRIMARY KEY(key_a, key_b)
+);
+CREATE TABLE IF NOT EXISTS redirects(absorbed BLOB PRIMARY KEY, survivor BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS merge_exceptions(a BLOB, b BLOB, PRIMARY KEY(a, b));
+CREATE TABLE IF NOT EXISTS config(
+    ns TEXT, key TEXT, value BLOB, stamp BLOB NOT NULL, PRIMARY KEY(ns, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inert_ops(op_id BLOB NOT NULL, seq INTEGER, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS derive_meta(k TEXT PRIMARY KEY, v);
+"""
+
+DERIVED_TABLES = (
+    "entities", "facets", "fields", "crdt_docs", "tips", "writes", "edges", "edge_props",
+    "schema_tables", "schema_fields", "schema_edge_types", "field_slots", "mappings",
+    "redirects", "merge_exceptions", "config", "inert_ops",
+)
+
+# Tip entries: [op_id, actor, hlc, bundle_id, value, fkey]; value = canonical value bytes,
+# None for a tombstone, or "c"/"d"/"r" for existence writes.
+Tip = list[Any]
+
+
+class _Op:
+    __slots__ = ("actor", "bundle", "hlc", "op_id", "p", "seq", "stamp", "t")
+
+    def __init__(
+        self, seq: int, op_id: bytes, bundle: bytes, hlc: bytes, actor: bytes, t: str,
+        p: dict[str, Any],
+    ) -> None:
+        self.seq = seq
+        self.op_id = op_id
+        self.bundle = bundle
+        self.hlc = hlc
+        self.actor = actor
+        self.t = t
+        self.p = p
+        self.stamp = hlc + op_id
+
+
+class _Replay(Exception):
+    """Raised inside a batch when spec 01 §7 calls for a full replay."""
+
+
+class _Corrupt(Exception):
+    def __init__(self, bundle_id: bytes) -> None:
+        super().__init__(bundle_id)
+        self.bundle_id = bundle_id
+
+
+class _TipRows(Rows):
+    """Rows whose single column is a decoded tip list (encoded only when flushed)."""
+
+    def get(self, key: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        try:
+            return self.cache[key]
+        except KeyError:
+            pass
+        row: tuple[Any, ...] | None = None
+        if not self.fresh:
+            for (blob,) in self.conn.execute(self._select, key):
+                row = (codec.decode(blob),)
+        self.cache[key] = row
+        return row
+
+    def flush(self) -> None:
+        for k in self.dirty:
+            row = self.cache[k]
+            if row is not None and type(row[0]) is list:
+                self.cache[k] = (codec.encode_trusted(row[0]),)
+        super().flush()
+        for k, row in list(self.cache.items()):
+            if row is not None and type(row[0]) is bytes:
+                self.cache[k] = (codec.decode(row[0]),)
+
+
+def _seen(x_hlc: bytes, x_actor: bytes, x_vc: dict[bytes, bytes], y_hlc: bytes,
+          y_actor: bytes) -> bool:
+    """x had seen y (spec 02 §1.1). Requiring x.hlc > y.hlc keeps it exact for any signed VC."""
+    if x_hlc <= y_hlc:
+        return False
+    if x_actor == y_actor:
+        return True
+    return x_vc.get(y_actor, hlcmod.ZERO) >= y_hlc
+
+
+class StateProjection:
+    """The state projection over one apsw connection to `oplog.db` (reads ops, writes state)."""
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self.conn = conn
+        with db.transaction(conn):
+            conn.execute(SCHEMA)
+            self._init_meta()
+        self.entities = Rows(conn, "entities", ["entity"], ["deleted", "created", "redirect"])
+        self.facets = Rows(conn, "facets", ["entity", "facet"], ["attached", "stamp"])
+        self.fields = Rows(conn, "fields", ["entity", "slot"], ["value", "stamp", "actor"])
+        self.docs = Rows(conn, "crdt_docs", ["entity", "slot"], ["state"])
+        self.tips = _TipRows(conn, "tips", ["kind", "owner", "key"], ["tips"])
+        self.edges = Rows(
+            conn, "edges", ["edge"],
+            ["type", "src", "dst", "deleted", "dstamp", "idx", "istamp", "cstamp"],
+        )
+        self.props = Rows(conn, "edge_props", ["edge", "key"], ["value", "stamp"])
+        self.config = Rows(conn, "config", ["ns", "key"], ["value", "stamp"])
+        self._caches = (
+            self.entities, self.facets, self.fields, self.docs, self.tips, self.edges,
+            self.props, self.config,
+        )
+        self._writes: list[tuple[Any, ...]] = []
+        self._inert: list[tuple[Any, ...]] = []
+        self._vcs: OrderedDict[bytes, dict[bytes, bytes]] = OrderedDict()
+        self._handlers: dict[str, Callable[[_Op], None]] = {
+            "CreateEntity": self._create_entity,
+            "DeleteEntity": self._delete_entity,
+            "RestoreEntity": self._restore_entity,
+            "AttachFacet": self._attach,
+            "DetachFacet": self._detach,
+            "SetField": self._set_field,
+            "ClearField": self._set_field,
+            "SetCRDTField": self._set_crdt,
+            "CreateEdge": self._create_edge,
+            "CreateOrderedEdge": self._create_edge,
+            "DeleteEdge": self._delete_edge,
+            "RestoreEdge": self._delete_edge,
+            "SetEdgeProperty": self._set_prop,
+            "ClearEdgeProperty": self._set_prop,
+            "MoveOrderedEdge": self._move_edge,
+            "RebalanceOrderedEdges": self._rebalance,
+            "DefineTable": self._define_table,
+            "DefineField": self._define_field,
+            "DefineEdgeType": self._define_edge_type,
+            "ConfirmFieldMapping": self._mapping,
+            "RejectFieldMapping": self._mapping,
+            "MergeEntities": self._merge,
+            "SplitEntity": self._split,
+            "CreateWorkspace": self._create_workspace,
+            "RecoverOwnership": self._recover_ownership,
+            "PutConfig": self._config,
+            "DeleteConfig": self._config,
+        }
+        self._load_schema()
+        self.replays = 0
+        self._hw = ZERO_STAMP
+
+    # --- meta ----------------------------------------------------------------------------
+    def _init_meta(self) -> None:
+        have = {k for (k,) in self.conn.execute("SELECT k FROM derive_meta")}
+        defaults = {"version": PROJECTION_VERSION, "seq": 0, "hw": ZERO_STAMP, "sk": ZERO_STAMP}
+        for k, v in defaults.items():
+            if k not in have:
+                self.conn.execute("INSERT INTO derive_meta(k, v) VALUES (?, ?)", (k, v))
+
+    def _meta(self) -> dict[str, Any]:
+        return {k: v for k, v in self.conn.execute("SELECT k, v FROM derive_meta")}
+
+    @property
+    def checkpoint(self) -> int:
+        return int(self._meta()["seq"])
+
+    def _head(self) -> int:
+        for (v,) in self.conn.execute("SELECT v FROM oplog_meta WHERE k = 'head_seq'"):
+            return int(v)
+        return 0
+
+    def _load_schema(self) -> None:
+        self.fdefs: dict[tuple[str, str], tuple[str, bool]] = {
+            (f, n): (t, bool(c))
+            for f, n, t, c in self.conn.execute(
+                "SELECT facet, field, ftype, crdt FROM schema_fields"
+            )
+        }
+        self.slots: dict[str, str] = dict(self.conn.execute("SELECT fkey, slot FROM field_slots"))
+        self.redirects: dict[bytes, bytes] = {
+            bytes(a): bytes(s)
+            for a, s in self.conn.execute("SELECT absorbed, survivor FROM redirects")
+        }
+        self.edge_ordered: dict[str, bool] = {
+            t: bool(o) for t, o in self.conn.execute(
+                "SELECT type, ordered FROM schema_edge_types"
+            )
+        }
+
+    # --- driving -------------------------------------------------------------------------
+    def catch_up(self) -> int:
+        """Apply every op appended since the checkpoint; return the new checkpoint."""
+        with db.transaction(self.conn):
+            try:
+                meta = self._meta()
+                head = self._head()
+                seq = int(meta["seq"])
+                if int(meta["version"]) != PROJECTION_VERSION or self._quarantine_hits(seq):
+                    self._full_replay(head)
+                elif head > seq:
+                    self._incremental(seq, bytes(meta["hw"]), bytes(meta["sk"]), head)
+            except BaseException:
+                self._reset_caches()
+                self._load_schema()
+                raise
+        return self.checkpoint
+
+    def rebuild(self) -> int:
+        """Drop the derived tables and replay the whole oplog in canonical order."""
+        with db.transaction(self.conn):
+            try:
+                self._full_replay(self._head())
+            except BaseException:
+                self._reset_caches()
+                self._load_schema()
+                raise
+        return self.checkpoint
+
+    def _quarantine_hits(self, seq: int) -> bool:
+        """A bundle quarantined after we applied it forces a replay (spec 01 §4)."""
+        for _ in self.conn.execute(
+            "SELECT 1 FROM quarantine q JOIN bundles b ON b.bundle_id = q.bundle_id"
+            " WHERE q.at_seq > ? AND b.first_seq <= ? LIMIT 1", (seq, seq),
+        ):
+            return True
+        return False
+
+    def _quarantined(self) -> set[bytes]:
+        return {bytes(b) for (b,) in self.conn.execute("SELECT bundle_id FROM quarantine")}
+
+    def _quarantine(self, bundle_id: bytes, head: int) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO quarantine(bundle_id, reason, at_seq) VALUES (?, ?, ?)",
+            (bundle_id, "stored op body does not match its op_hash", head),
+        )
+
+    def _incremental(self, seq: int, hw: bytes, sk: bytes, head: int) -> None:
+        quarantined = self._quarantined()
+        by_bundle: dict[bytes, list[tuple[Any, ...]]] = {}
+        for row in self.conn.execute(
+            "SELECT seq, op_id, bundle_id, hlc, actor, t, body, op_hash FROM ops"
+            " WHERE seq > ? AND seq <= ? ORDER BY seq", (seq, head),
+        ):
+            by_bundle.setdefault(bytes(row[2]), []).append(row)
+        pending: list[_Op] = []
+        for bid, rows in by_bundle.items():
+            if bid in quarantined:
+                continue
+            try:
+                pending.extend(self._decode(r) for r in rows)
+            except _Corrupt:
+                self._quarantine(bid, head)
+        pending.sort(key=lambda o: o.stamp)
+        try:
+            for op in pending:
+                structural = op.t in STRUCTURAL
+                if op.stamp <= hw and (structural or op.stamp < sk):
+                    raise _Replay
+                self._hw = hw
+                self._apply(op)
+                if op.stamp > hw:
+                    hw = op.stamp
+                if structural and op.stamp > sk:
+                    sk = op.stamp
+        except _Replay:
+            self._reset_caches()
+            self._writes.clear()
+            self._inert.clear()
+            self._full_replay(head)
+            return
+        self._flush()
+        self._save_meta(head, hw, sk)
+
+    def _decode(self, row: tuple[Any, ...]) -> _Op:
+        seq, op_id, bid, h, actor, t, body, oh = row
+        body = bytes(body)
+        if op_hash(body) != bytes(oh):
+            raise _Corrupt(bytes(bid))
+        try:
+            p = codec.decode(body)["p"]
+        except Exception as exc:  # a stored body that no longer decodes is corrupt too
+            raise _Corrupt(bytes(bid)) from exc
+        return _Op(seq, bytes(op_id), bytes(bid), bytes(h), bytes(actor), t, p)
+
+    def _full_replay(self, head: int) -> None:
+        self.replays += 1
+        while True:
+            for table in DERIVED_TABLES:
+                self.conn.execute(f"DELETE FROM {table}")
+            self._reset_caches(fresh=True)
+            self._writes.clear()
+            self._inert.clear()
+            self._load_schema()
+            quarantined = self._quarantined()
+            hw = sk = ZERO_STAMP
+            n = 0
+            try:
+                cur = self.conn.cursor()
+                for row in cur.execute(
+                    "SELECT seq, op_id, bundle_id, hlc, actor, t, body, op_hash FROM ops"
+                    " WHERE seq <= ? ORDER BY hlc, op_id", (head,),
+                ):
+                    if bytes(row[2]) in quarantined:
+                        continue
+                    op = self._decode(row)
+                    self._hw = hw
+                    self._apply(op)
+                    hw = op.stamp
+                    if op.t in STRUCTURAL:
+                        sk = op.stamp
+                    n += 1
+                    if n % FLUSH_EVERY == 0:
+                        self._flush()
+                        self._reset_caches()
+            except _Corrupt as bad:
+                # A corrupt body anywhere: quarantine its bundle and replay without it.
+                self._quarantine(bad.bundle_id, head)
+                continue
+            break
+        self._flush()
+        self._save_meta(head, hw, sk)
+
+    def _save_meta(self, seq: int, hw: bytes, sk: bytes) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO derive_meta(k, v) VALUES (?, ?)",
+            [("version", PROJECTION_VERSION), ("seq", seq), ("hw", hw), ("sk", sk)],
+        )
+
+    def _reset_caches(self, *, fresh: bool = False) -> None:
+        for c in self._caches:
+            c.reset(fresh=fresh)
+
+    def _flush(self) -> None:
+        for c in self._caches:
+            c.flush()
+            c.fresh = False
+        if self._writes:
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO writes(kind, owner, key, op_id, hlc, actor, bundle_id,"
+                " fkey) VALUES (?,?,?,?,?,?,?,?)", self._writes,
+            )
+            self._writes.clear()
+        if self._inert:
+            self.conn.executemany(
+                "INSERT INTO inert_ops(op_id, seq, reason) VALUES (?,?,?)", self._inert
+            )
+            self._inert.clear()
+
+    def _apply(self, op: _Op) -> None:
+        self._handlers[op.t](op)
+
+    def _inert_op(self, op: _Op, reason: str) -> None:
+        self._inert.append((op.op_id, op.seq, reason))
+
+    # --- helpers ---------------------------------------------------------------------------
+    def resolve(self, e: bytes) -> bytes:
+        """Follow merge redirects (each hop goes to a smaller id; capped at 64 hops)."""
+        r = self.redirects
+        for _ in range(REDIRECT_CAP):
+            nxt = r.get(e)
+            if nxt is None:
+                return e
+            e = nxt
+        return e
+
+    def slot_of(self, facet: str, field: str) -> str:
+        key = f"{facet}.{field}"
+        return self.slots.get(key, key)
+
+    def _vc(self, bundle_id: bytes) -> dict[bytes, bytes]:
+        vc = self._vcs.get(bundle_id)
+        if vc is not None:
+            self._vcs.move_to_end(bundle_id)
+            return vc
+        vc = {}
+        for (header,) in self.conn.execute(
+            "SELECT header FROM bundles WHERE bundle_id = ?", (bundle_id,)
+        ):
+            vc = vcmod.from_wire(codec.decode(header)["causal_vc"])
+        self._vcs[bundle_id] = vc
+        if len(self._vcs) > 4096:
+            self._vcs.popitem(last=False)
+        return vc
+
+    def _track(self, kind: str, owner: bytes, key: str, op: _Op, value: Any, fkey: str | None,
+               late: bool) -> None:
+        """Record a write and update the tips of (kind, owner, key)."""
+        self._writes.append((kind, owner, key, op.op_id, op.hlc, op.actor, op.bundle, fkey))
+        tk = (kind, owner, key)
+        row = self.tips.get(tk)
+        tips: list[Tip] = row[0] if row is not None else []
+        if not tips:
+            self.tips.put(tk, ([[op.op_id, op.actor, op.hlc, op.bundle, value, fkey]],))
+            return
+        vc = self._vc(op.bundle)
+        kept = [t for t in tips if not _seen(op.hlc, op.actor, vc, t[2], t[1])]
+        if not late or not self._dominated(kind, owner, key, op):
+            kept.append([op.op_id, op.actor, op.hlc, op.bundle, value, fkey])
+        self.tips.put(tk, (kept,))
+
+    def _dominated(self, kind: str, owner: bytes, key: str, op: _Op) -> bool:
+        """Has any stored write of (kind, owner, key) seen op? Only late arrivals ask."""
+        self._flush_writes()
+        for oid, h, actor, bid in self.conn.execute(
+            "SELECT op_id, hlc, actor, bundle_id FROM writes WHERE kind = ? AND owner = ?"
+            " AND key = ? AND hlc > ?", (kind, owner, key, op.hlc),
+        ):
+            if bytes(oid) != op.op_id and _seen(
+                bytes(h), bytes(actor), self._vc(bytes(bid)), op.hlc, op.actor
+            ):
+                return True
+        return False
+
+    def _flush_writes(self) -> None:
+        if self._writes:
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO writes(kind, owner, key, op_id, hlc, actor, bundle_id,"
+                " fkey) VALUES (?,?,?,?,?,?,?,?)", self._writes,
+            )
+            self._writes.clear()
+
+    # --- entities --------------------------------------------------------------------------
+    def _existence(self, op: _Op, code: str) -> None:
+        e = self.resolve(op.p["e"])
+        self._track("e", e, ENTITY_KEY, op, code, None, self._is_late(op))
+        row = self.entities.get((e,))
+        deleted, created, redirect = row if row is not None else (0, 0, None)
+        if code == "c":
+            created = 1
+        tips = self.tips.get(("e", e, ENTITY_KEY))
+        deleted = int(any(t[4] == "d" for t in tips[0])) if tips else 0
+        self.entities.put((e,), (deleted, created, redirect))
+
+    def _is_late(self, op: _Op) -> bool:
+        """Could a write already applied have seen op? Only if op is not the newest stamp."""
+        return op.stamp <= self._hw
+
+    def _create_entity(self, op: _Op) -> None:
+        self._existence(op, "c")
+
+    def _delete_entity(self, op: _Op) -> None:
+        self._existence(op, "d")
+        for edge in op.p["cascade"]:
+            self._edge_deleted(edge, 1, op.stamp)
+
+    def _restore_entity(self, op: _Op) -> None:
+        self._existence(op, "r")
+
+    def _attach(self, op: _Op) -> None:
+        self._facet(self.resolve(op.p["e"]), op.p["facet"], 1, op.stamp)
+
+    def _detach(self, op: _Op) -> None:
+        self._facet(self.resolve(op.p["e"]), op.p["facet"], 0, op.stamp)
+
+    def _facet(self, e: bytes, facet: str, attached: int, stamp: bytes) -> None:
+        row = self.facets.get((e, facet))
+        if row is None or stamp > row[1]:
+            self.facets.put((e, facet), (attached, stamp))
+
+    # --- fields ----------------------------------------------------------------------------
+    def _set_field(self, op: _Op) -> None:
+        p = op.p
+        facet, field = p["facet"], p["field"]
+        d = self.fdefs.get((facet, field))
+        if d is not None and d[1]:
+            self._inert_op(op, "scalar write to a CRDT field")
+            return
+        e = self.resolve(p["e"])
+        slot = self.slot_of(facet, field)
+        value = codec.encode_trusted(p["value"]) if op.t == "SetField" else None
+        row = self.fields.get((e, slot))
+        if row is None or op.stamp > row[1]:
+            self.fields.put((e, slot), (value, op.stamp, op.actor))
+        self._track("f", e, slot, op, value, f"{facet}.{field}", self._is_late(op))
+
+    def _set_crdt(self, op: _Op) -> None:
+        p = op.p
+        d = self.fdefs.get((p["facet"], p["field"]))
+        if d is not None and not d[1]:
+            self._inert_op(op, "CRDT delta to a scalar field")
+            return
+        e = self.resolve(p["e"])
+        slot = self.slot_of(p["facet"], p["field"])
+        row = self.docs.get((e, slot))
+        try:
+            state = crdt.apply_delta(row[0] if row is not None else None, p["delta"])
+        except crdt.CrdtError as exc:
+            self._inert_op(op, f"bad CRDT delta: {exc}")
+            return
+        self.docs.put((e, slot), (state,))
+
+    # --- edges -----------------------------------------------------------------------------
+    def _create_edge(self, op: _Op) -> None:
+        p = op.p
+        edge = p["edge"]
+        row = self.edges.get((edge,))
+        src, dst = self.resolve(p["src"]), self.resolve(p["dst"])
+        idx = p.get("index")
+        if row is None:
+            self.edges.put((edge,), (p["type"], src, dst, 0, op.stamp, idx,
+                                     op.stamp if idx is not None else None, op.stamp))
+        else:
+            typ, osrc, odst, deleted, dstamp, oidx, istamp, cstamp = row
+            if cstamp is None or op.stamp < cstamp:  # first creation wins
+                typ, osrc, odst, cstamp = p["type"], src, dst, op.stamp
+            if op.stamp > dstamp:
+                deleted, dstamp = 0, op.stamp
+            if idx is not None and (istamp is None or op.stamp > istamp):
+                oidx, istamp = idx, op.stamp
+            self.edges.put((edge,), (typ, osrc, odst, deleted, dstamp, oidx, istamp, cstamp))
+        for key, value in (p.get("props") or {}).items():
+            self._prop_write(op, edge, key, codec.encode_trusted(value))
+
+    def _edge_deleted(self, edge: bytes, deleted: int, stamp: bytes) -> None:
+        row = self.edges.get((edge,))
+        if row is None:
+            self.edges.put((edge,), (None, None, None, deleted, stamp, None, None, None))
+        elif stamp > row[4]:
+            self.edges.put((edge,), (*row[:3], deleted, stamp, *row[5:]))
+
+    def _delete_edge(self, op: _Op) -> None:
+        self._edge_deleted(op.p["edge"], 1 if op.t == "DeleteEdge" else 0, op.stamp)
+
+    def _set_index(self, edge: bytes, idx: str, stamp: bytes) -> None:
+        row = self.edges.get((edge,))
+        if row is None:
+            self.edges.put((edge,), (None, None, None, 0, ZERO_STAMP, idx, stamp, None))
+        elif row[6] is None or stamp > row[6]:
+            self.edges.put((edge,), (*row[:5], idx, stamp, row[7]))
+
+    def _move_edge(self, op: _Op) -> None:
+        self._set_index(op.p["edge"], op.p["index"], op.stamp)
+
+    def _rebalance(self, op: _Op) -> None:
+        for edge, idx in op.p["order"]:
+            self._set_index(edge, idx, op.stamp)
+
+    def _set_prop(self, op: _Op) -> None:
+        value = codec.encode_trusted(op.p["value"]) if op.t == "SetEdgeProperty" else None
+        self._prop_write(op, op.p["edge"], op.p["key"], value)
+
+    def _prop_write(self, op: _Op, edge: bytes, key: str, value: bytes | None) -> None:
+        row = self.props.get((edge, key))
+        if row is None or op.stamp > row[1]:
+            self.props.put((edge, key), (value, op.stamp))
+        self._track("p", edge, key, op, value, None, self._is_late(op))
+
+    # --- schema ----------------------------------------------------------------------------
+    def _define_table(self, op: _Op) -> None:
+        facet, label = op.p["facet"], op.p["label"]
+        rows = list(self.conn.execute(
+            "SELECT stamp FROM schema_tables WHERE facet = ?", (facet,)
+        ))
+        if not rows or op.stamp > bytes(rows[0][0]):
+            self.conn.execute(
+                "INSERT OR REPLACE INTO schema_tables(facet, label, stamp, module)"
+                " VALUES (?,?,?,?)", (facet, label, op.stamp, facet.split(".")[0]),
+            )
+
+    def _define_field(self, op: _Op) -> None:
+        p = op.p
+        facet, field, ftype, is_crdt = p["facet"], p["field"], p["ftype"], bool(p.get("crdt"))
+        opts = codec.encode_trusted(p["opts"]) if p.get("opts") is not None else None
+        rows = list(self.conn.execute(
+            "SELECT ftype, crdt, def_stamp, stamp FROM schema_fields WHERE facet = ? AND field = ?",
+            (facet, field),
+        ))
+        if not rows:
+            self.conn.execute(
+                "INSERT INTO schema_fields(facet, field, ftype, crdt, def_stamp, label, opts,"
+                " stamp) VALUES (?,?,?,?,?,?,?,?)",
+                (facet, field, ftype, int(is_crdt), op.stamp, p["label"], opts, op.stamp),
+            )
+            self.fdefs[(facet, field)] = (ftype, is_crdt)
+            return
+        oftype, ocrdt, _, stamp = rows[0]
+        if (oftype, bool(ocrdt)) != (ftype, is_crdt):
+            self._inert_op(op, "field already defined with another type")
+            return
+        if op.stamp > bytes(stamp):
+            self.conn.execute(
+                "UPDATE schema_fields SET label = ?, opts = ?, stamp = ? WHERE facet = ?"
+                " AND field = ?", (p["label"], opts, op.stamp, facet, field),
+            )
+
+    def _define_edge_type(self, op: _Op) -> None:
+        p = op.p
+        props = codec.encode_trusted(p["props"]) if p.get("props") is not None else None
+        rows = list(self.conn.execute(
+            "SELECT ordered, ostamp, stamp FROM schema_edge_types WHERE type = ?", (p["type"],)
+        ))
+        if not rows:
+            self.conn.execute(
+                "INSERT INTO schema_edge_types(type, ordered, ostamp, label, props, stamp)"
+                " VALUES (?,?,?,?,?,?)",
+                (p["type"], int(p["ordered"]), op.stamp, p["label"], props, op.stamp),
+            )
+            self.edge_ordered[p["type"]] = bool(p["ordered"])
+            return
+        ordered, ostamp, stamp = rows[0]
+        if op.stamp < bytes(ostamp):  # first `ordered` wins
+            ordered, ostamp = int(p["ordered"]), op.stamp
+            self.edge_ordered[p["type"]] = bool(ordered)
+        if op.stamp > bytes(stamp):
+            self.conn.execute(
+                "UPDATE schema_edge_types SET ordered = ?, ostamp = ?, label = ?, props = ?,"
+                " stamp = ? WHERE type = ?",
+                (ordered, ostamp, p["label"], props, op.stamp, p["type"]),
+            )
+        else:
+            self.conn.execute(
+                "UPDATE schema_edge_types SET ordered = ?, ostamp = ? WHERE type = ?",
+                (ordered, ostamp, p["type"]),
+            )
+
+    def _config(self, op: _Op) -> None:
+        key = (op.p["ns"], op.p["key"])
+        value = codec.encode_trusted(op.p["value"]) if op.t == "PutConfig" else None
+        row = self.config.get(key)
+        if row is None or op.stamp > row[1]:
+            self.config.put(key, (value, op.stamp))
+
+    def _create_workspace(self, op: _Op) -> None:
+        for k in ("name", "owner", "recovery_pub"):
+            key = ("workspace", k)
+            row = self.config.get(key)
+            if row is None or op.stamp < row[1]:  # the genesis record: first wins
+                self.config.put(key, (codec.encode_trusted(op.p[k]), op.stamp))
+
+    def _recover_ownership(self, op: _Op) -> None:
+        # Checking recovery_sig against the key current at this canonical position belongs to
+        # the workspace lifecycle (spec 03 §2); until it lands the op is kept but changes nothing.
+        self._inert_op(op, "ownership recovery is derived by the workspace lifecycle")
+
+    # --- structural: mappings, merge, split --------------------------------------------------
+    def _structural_begin(self) -> None:
+        """Flush the caches so set-based SQL below sees (and may rewrite) every row."""
+        self._flush()
+        self._reset_caches()
+
+    def _mapping(self, op: _Op) -> None:
+        p = op.p
+        ka, kb = f"{p['facet_a']}.{p['field_a']}", f"{p['facet_b']}.{p['field_b']}"
+        da = self.fdefs.get((p["facet_a"], p["field_a"]))
+        db_ = self.fdefs.get((p["facet_b"], p["field_b"]))
+        if da is None or db_ is None or da[0] != db_[0] or da[1] or db_[1]:
+            self._inert_op(op, "mapping needs two defined non-CRDT fields of the same type")
+            return
+        rows = list(self.conn.execute(
+            "SELECT stamp FROM mappings WHERE key_a = ? AND key_b = ?", (ka, kb)
+        ))
+        if rows and op.stamp < bytes(rows[0][0]):
+            return
+        self._structural_begin()
+        self.conn.execute(
+            "INSERT OR REPLACE INTO mappings(key_a, key_b, confirmed, stamp) VALUES (?,?,?,?)",
+            (ka, kb, int(op.t == "ConfirmFieldMapping"), op.stamp),
+        )
+        self._regroup(op)
+
+    def _regroup(self, op: _Op) -> None:
+        parent: dict[str, str] = {}
+
+        def find(k: str) -> str:
+            while parent.get(k, k) != k:
+                k = parent[k]
+            return k
+
+        for a, b in self.conn.execute("SELECT key_a, key_b FROM mappings WHERE confirmed = 1"):
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                lo, hi = min(ra, rb), max(ra, rb)
+                parent[hi] = lo
+                parent.setdefault(lo, lo)
+        keys = set(parent) | set(self.slots)
+        old = dict(self.slots)
+        new = {k: find(k) for k in keys if find(k) != k}
+        changed = {k for k in keys if old.get(k, k) != new.get(k, k)}
+        if not changed:
+            return
+        # Groups by slot, before and after.
+        def members(m: dict[str, str]) -> dict[str, set[str]]:
+            g: dict[str, set[str]] = {}
+            for k in keys:
+                g.setdefault(m.get(k, k), set()).add(k)
+            return g
+
+        old_g, new_g = members(old), members(new)
+        affected_old = {old.get(k, k) for k in changed}
+        targets = {new.get(k, k) for k in old_g_keys(old_g, affected_old)}
+        snap_slots = sorted(affected_old | targets)
+        q = ",".join("?" * len(snap_slots))
+        fields: dict[str, dict[bytes, tuple[Any, ...]]] = {}
+        for e, slot, value, stamp, actor in self.conn.execute(
+            f"SELECT entity, slot, value, stamp, actor FROM fields WHERE slot IN ({q})",
+            snap_slots,
+        ):
+            fields.setdefault(slot, {})[bytes(e)] = (value, bytes(stamp), bytes(actor))
+        tips: dict[str, dict[bytes, list[Tip]]] = {}
+        for owner, key, blob in self.conn.execute(
+            f"SELECT owner, key, tips FROM tips WHERE kind = 'f' AND key IN ({q})", snap_slots
+        ):
+            tips.setdefault(key, {})[bytes(owner)] = codec.decode(blob)
+        out_f: dict[str, dict[bytes, tuple[Any, ...]]] = {}
+        out_t: dict[str, dict[bytes, list[Tip]]] = {}
+        for n in targets:
+            mem_new = new_g[n]
+            for o in sorted({old.get(k, k) for k in mem_new}):
+                whole = old_g[o] <= mem_new
+                for e, (value, stamp, actor) in fields.get(o, {}).items():
+                    if not whole and o != n:
+                        stamp, actor = op.stamp, op.actor
+                    cur = out_f.setdefault(n, {}).get(e)
+                    if cur is None or stamp > cur[1]:
+                        out_f[n][e] = (value, stamp, actor)
+                for e, tl in tips.get(o, {}).items():
+                    keep = tl if whole else [t for t in tl if t[5] in mem_new]
+                    if keep:
+                        out_t.setdefault(n, {}).setdefault(e, []).extend(keep)
+        self.conn.execute(f"DELETE FROM fields WHERE slot IN ({q})", snap_slots)
+        self.conn.execute(f"DELETE FROM tips WHERE kind = 'f' AND key IN ({q})", snap_slots)
+        self.conn.executemany(
+            "INSERT INTO fields(entity, slot, value, stamp, actor) VALUES (?,?,?,?,?)",
+            [(e, s, *row) for s, d in out_f.items() for e, row in d.items()],
+        )
+        self.conn.executemany(
+            "INSERT INTO tips(kind, owner, key, tips) VALUES ('f',?,?,?)",
+            [(e, s, codec.encode_trusted(tl)) for s, d in out_t.items() for e, tl in d.items()],
+        )
+        for k in changed:
+            self.conn.execute(
+                "UPDATE writes SET key = ? WHERE kind = 'f' AND fkey = ?", (new.get(k, k), k)
+            )
+        self.conn.execute("DELETE FROM field_slots")
+        self.conn.executemany(
+            "INSERT INTO field_slots(fkey, slot) VALUES (?, ?)", sorted(new.items())
+        )
+        self.slots = new
+
+    def _merge(self, op: _Op) -> None:
+        s0, a0 = self.resolve(op.p["survivor"]), self.resolve(op.p["absorbed"])
+        if s0 == a0:
+            self._inert_op(op, "both ids already resolve to one entity")
+            return
+        s, a = min(s0, a0), max(s0, a0)
+        self._structural_begin()
+        c = self.conn
+        c.execute("INSERT OR REPLACE INTO redirects(absorbed, survivor) VALUES (?, ?)", (a, s))
+        self.redirects[a] = s
+        rows = list(c.execute("SELECT deleted, created FROM entities WHERE entity = ?", (a,)))
+        deleted, created = rows[0] if rows else (0, 0)
+        c.execute(
+            "INSERT OR REPLACE INTO entities(entity, deleted, created, redirect) VALUES (?,?,?,?)",
+            (a, deleted, created, s),
+        )
+        for facet, attached, _stamp in list(c.execute(
+            "SELECT facet, attached, stamp FROM facets WHERE entity = ?", (a,)
+        )):
+            if attached:
+                srow = list(c.execute(
+                    "SELECT stamp FROM facets WHERE entity = ? AND facet = ?", (s, facet)
+                ))
+                if not srow or bytes(srow[0][0]) < op.stamp:
+                    c.execute(
+                        "INSERT OR REPLACE INTO facets(entity, facet, attached, stamp)"
+                        " VALUES (?,?,1,?)", (s, facet, op.stamp),
+                    )
+        for slot, value, stamp, actor in list(c.execute(
+            "SELECT slot, value, stamp, actor FROM fields WHERE entity = ?", (a,)
+        )):
+            srow = list(c.execute(
+                "SELECT stamp FROM fields WHERE entity = ? AND slot = ?", (s, slot)
+            ))
+            if not srow or bytes(stamp) > bytes(srow[0][0]):
+                c.execute(
+                    "INSERT OR REPLACE INTO fields(entity, slot, value, stamp, actor)"
+                    " VALUES (?,?,?,?,?)", (s, slot, value, stamp, actor),
+                )
+        c.execute("DELETE FROM fields WHERE entity = ?", (a,))
+        for key, blob in list(c.execute(
+            "SELECT key, tips FROM tips WHERE kind = 'f' AND owner = ?", (a,)
+        )):
+            srow = list(c.execute(
+                "SELECT tips FROM tips WHERE kind = 'f' AND owner = ? AND key = ?", (s, key)
+            ))
+            merged = (codec.decode(srow[0][0]) if srow else []) + codec.decode(blob)
+            c.execute(
+                "INSERT OR REPLACE INTO tips(kind, owner, key, tips) VALUES ('f',?,?,?)",
+                (s, key, codec.encode_trusted(merged)),
+            )
+        c.execute("DELETE FROM tips WHERE kind = 'f' AND owner = ?", (a,))
+        c.execute("UPDATE OR IGNORE writes SET owner = ? WHERE kind = 'f' AND owner = ?", (s, a))
+        for slot, state in list(c.execute(
+            "SELECT slot, state FROM crdt_docs WHERE entity = ?", (a,)
+        )):
+            srow = list(c.execute(
+                "SELECT state FROM crdt_docs WHERE entity = ? AND slot = ?", (s, slot)
+            ))
+            merged_doc = crdt.merge_states(bytes(srow[0][0]) if srow else None, bytes(state))
+            c.execute(
+                "INSERT OR REPLACE INTO crdt_docs(entity, slot, state) VALUES (?,?,?)",
+                (s, slot, merged_doc),
+            )
+        c.execute("DELETE FROM crdt_docs WHERE entity = ?", (a,))
+        c.execute("UPDATE edges SET src = ? WHERE src = ?", (s, a))
+        c.execute("UPDATE edges SET dst = ? WHERE dst = ?", (s, a))
+
+    def _split(self, op: _Op) -> None:
+        p = op.p
+        src, new = self.resolve(p["source"]), p["new_entity"]
+        if self.entities.get((new,)) is not None or self.tips.get(("e", new, ENTITY_KEY)):
+            self._inert_op(op, "the new entity already exists")
+            return
+        self._existence(_Op(op.seq, op.op_id, op.bundle, op.hlc, op.actor, "CreateEntity",
+                            {"e": new}), "c")
+        for facet in p["facets"]:
+            row = self.facets.get((src, facet))
+            if row is None or not row[0]:
+                continue
+            self.facets.put((src, facet), (0, op.stamp))
+            self.facets.put((new, facet), (1, op.stamp))
+            for (f, name) in [k for k in self.fdefs if k[0] == facet]:
+                slot = self.slot_of(f, name)
+                frow = self.fields.get((src, slot))
+                if frow is not None:
+                    self.fields.put((new, slot), (frow[0], op.stamp, op.actor))
+                drow = self.docs.get((src, slot))
+                if drow is not None:
+                    self.docs.put((new, slot), drow)
+        self._flush()
+        self.conn.execute(
+            "INSERT OR IGNORE INTO merge_exceptions(a, b) VALUES (?, ?)", (src, new)
+        )
+
+
+def old_g_keys(old_g: dict[str, set[str]], slots: Iterable[str]) -> set[str]:
+    """Every key that belonged to one of the given old slots' groups."""
+    out: set[str] = set()
+    for s in slots:
+        out |= old_g.get(s, {s})
+    return out

@@ -1,0 +1,749 @@
+"""The synchronous engine facade: one open workspace, driven by plain calls.
+
+Owns the oplog writer (`SqliteStorage`, synchronous=FULL), the state projection on its own
+connection, the device identity, the HLC and the local actor's undo/redo stacks. Every command
+validates against derived state plus the earlier ops of its bundle, writes nothing on failure,
+and returns the seq it appended; reads see every write the call made (read-your-writes).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from openprod.core import hlc as hlcmod
+from openprod.core import ids, values
+from openprod.core import ops as O
+from openprod.core.errors import (
+    ClockDriftError,
+    ContentError,
+    EntityDeleted,
+    EntityMerged,
+    EquivocationError,
+    IntegrityError,
+    NotFound,
+    ValidationError,
+)
+from openprod.core.identity import Identity
+from openprod.engine import crdt, fracindex
+from openprod.engine import undo as undomod
+from openprod.engine.state import StateProjection
+from openprod.engine.statehash import compute as compute_state_hash
+from openprod.engine.views import FieldDef, TableDef, Views
+from openprod.storage import db
+from openprod.storage.sqlite import SqliteStorage, digest_of
+
+OPLOG_FILE = "oplog.db"
+IMPORT_BATCH = 500
+
+
+@attrs.frozen
+class Result:
+    """What a command appended: the seq the projections must reach, and what it created."""
+
+    seq: int
+    bundle_id: bytes | None
+    created: tuple[bytes, ...] = ()
+    facet: str | None = None
+
+    @property
+    def id(self) -> bytes:
+        return self.created[0]
+
+
+@attrs.frozen
+class IngestReport:
+    applied: list[bytes] = attrs.field(factory=list)
+    dup: list[bytes] = attrs.field(factory=list)
+    rejected: list[tuple[bytes | None, str, str]] = attrs.field(factory=list)
+    seq: int = 0
+
+
+class _Ctx:
+    """Within-bundle state a command validates against on top of derived state."""
+
+    def __init__(self) -> None:
+        self.created: set[bytes] = set()
+        self.attached: set[tuple[bytes, str]] = set()
+        self.detached: set[tuple[bytes, str]] = set()
+        self.slots: set[tuple[bytes, str]] = set()
+        self.edges: set[bytes] = set()
+
+
+class Workspace:
+    def __init__(
+        self, path: Path, ident: Identity, *, now: Callable[[], int] = hlcmod.system_ms,
+    ) -> None:
+        self.path = path
+        self.ident = ident
+        self.actor = ident.actor
+        self.storage = SqliteStorage(path / OPLOG_FILE)
+        self.proj = StateProjection(db.connect(path / OPLOG_FILE, synchronous="NORMAL"))
+        self.views = Views(self.proj)
+        self.clock = hlcmod.Clock(now)
+        self.clock.observe(self.storage.max_hlc())
+        ws = self.storage.local_get("workspace")
+        self.ws: bytes = bytes(ws) if ws is not None else b""
+        self.undo_stack = undomod.UndoStack()
+        self._rand = random.Random()
+        self.proj.catch_up()
+
+    # --- lifecycle -------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls, path: Path | str, ident: Identity, name: str = "Workspace", *,
+        now: Callable[[], int] = hlcmod.system_ms, ws: bytes | None = None,
+    ) -> Workspace:
+        """Create a workspace folder and its genesis bundle (CreateWorkspace + join mode)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+        if (path / OPLOG_FILE).exists():
+            raise ValidationError(f"a workspace already exists at {path}", path=str(path))
+        self = cls(path, ident, now=now)
+        self.ws = ws or ids.new_id()
+        self.storage.local_set("workspace", self.ws)
+        self.storage.local_set("actor", self.actor)
+        recovery_pub = Identity.generate().actor  # the recovery secret flow is spec 03's
+        self._commit("user", [
+            O.CreateWorkspace(name=name, owner=self.actor, recovery_pub=recovery_pub),
+            O.PutConfig("workspace", "join_mode", "open"),
+            O.PutConfig("actor", self.actor.hex(), {
+                "display_name": ident.display_name, "device_name": ident.device_name}),
+        ], push_undo=False)
+        return self
+
+    @classmethod
+    def join(cls, path: Path | str, ident: Identity, ws: bytes, *,
+             now: Callable[[], int] = hlcmod.system_ms) -> Workspace:
+        """An empty replica of workspace ws, to be filled by `ingest` (catch-up)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self = cls(path, ident, now=now)
+        self.ws = ws
+        self.storage.local_set("workspace", ws)
+        self.storage.local_set("actor", self.actor)
+        return self
+
+    @classmethod
+    def open(cls, path: Path | str, ident: Identity, *,
+             now: Callable[[], int] = hlcmod.system_ms) -> Workspace:
+        path = Path(path)
+        if not (path / OPLOG_FILE).exists():
+            raise NotFound(f"no workspace at {path}", path=str(path))
+        return cls(path, ident, now=now)
+
+    def close(self) -> None:
+        self.proj.conn.close()
+        self.storage.close()
+
+    # --- the write path ----------------------------------------------------------------------
+    def _seal(self, kind: str, payloads: Sequence[O.Payload],
+              meta: Mapping[str, Any] | None = None) -> O.Bundle:
+        for p in payloads:
+            p.check()
+        hlcs = self.clock.tick_many(len(payloads))
+        return O.seal(self.ident, self.ws, kind, payloads, hlcs, self.storage.vclock(),
+                      meta=meta)
+
+    def _commit(
+        self, kind: str, payloads: Sequence[O.Payload], *,
+        meta: Mapping[str, Any] | None = None, push_undo: bool = True,
+        created: Iterable[bytes] = (), facet: str | None = None,
+    ) -> Result:
+        pre = undomod.preimage(self.views, payloads) if push_undo else ()
+        bundle = self._seal(kind, payloads, meta)
+        res = self.storage.append([bundle])
+        self.proj.catch_up()
+        if push_undo and undomod.undoable(payloads):
+            self.undo_stack.push(undomod.Entry(
+                bundle.bundle_id, bundle.hlc, bundle.causal_vc, tuple(payloads), tuple(pre)))
+        if kind not in ("undo", "redo"):
+            self.undo_stack.redo.clear()
+        return Result(res.head, bundle.bundle_id, tuple(created), facet)
+
+    def _entity(self, ref: bytes | str, ctx: _Ctx | None = None) -> bytes:
+        """A live entity for a local command (merged ids are refused, not retargeted)."""
+        e = ref if isinstance(ref, bytes) else _parse_id(ref)
+        if ctx is not None and e in ctx.created:
+            return e
+        row = self.views.entity_row(e)
+        if row is None or not row[1]:
+            raise NotFound(f"no record {ids.to_text(e)}", entity_id=ids.to_text(e))
+        if row[2] is not None:
+            survivor = self.proj.resolve(e)
+            raise EntityMerged(f"record {ids.to_text(e)} was merged into "
+                               f"{ids.to_text(survivor)}", entity_id=ids.to_text(e),
+                               survivor=ids.to_text(survivor))
+        if row[0]:
+            raise EntityDeleted(f"record {ids.to_text(e)} is deleted", entity_id=ids.to_text(e))
+        return e
+
+    def _attached(self, e: bytes, facet: str, ctx: _Ctx) -> bool:
+        if (e, facet) in ctx.attached:
+            return True
+        if (e, facet) in ctx.detached:
+            return False
+        return self.views.is_attached(e, facet)
+
+    def _write_ops(self, e: bytes, table: TableDef, vals: Mapping[str, Any], ctx: _Ctx,
+                   ) -> list[O.Payload]:
+        out: list[O.Payload] = []
+        if not self._attached(e, table.facet, ctx):
+            raise ValidationError(f"record {ids.to_text(e)} is not in table {table.label!r}",
+                                  entity_id=ids.to_text(e), table=table.facet)
+        for ref, x in vals.items():
+            f = table.field(ref)
+            slot = self.proj.slot_of(f.facet, f.name)
+            if (e, slot) in ctx.slots:
+                raise ValidationError(f"field {f.label!r} is written twice in one change",
+                                      field=f.name)
+            ctx.slots.add((e, slot))
+            if f.crdt:
+                if x is not None and not isinstance(x, str):
+                    raise ValidationError(f"{f.label!r} is a text field", field=f.name)
+                state = self.views.crdt_state(e, slot)
+                if crdt.read_text(state) != (x or ""):
+                    delta = crdt.delta_for_replace(state, x or "")
+                    out.append(O.SetCRDTField(e, f.facet, f.name, delta))
+                continue
+            if x is None:
+                out.append(O.ClearField(e, f.facet, f.name))
+            else:
+                out.append(O.SetField(e, f.facet, f.name, self._value(f, x)))
+        return out
+
+    def _value(self, f: FieldDef, x: Any) -> list[Any]:
+        if isinstance(x, dict) and set(x) == {"ref"}:
+            target, key = x["ref"]
+            te = self._entity(target)
+            tfacet, tfield = values.split_field_key(key)
+            tdef = self.views.field_def(tfacet, tfield)
+            if tdef is None or tdef.ftype != f.ftype or tdef.crdt:
+                raise ValidationError("a reference must point to a discrete field of the same "
+                                      "type", field=f.name, ref=key)
+            return ["ref", [te, key]]
+        return values.from_user(f.ftype, x, choices=f.choices)
+
+    # --- schema commands ---------------------------------------------------------------------
+    def create_table(self, label: str, fields: Sequence[Mapping[str, Any]] = ()) -> Result:
+        """A user table `workspace.t_<hex>` with fields `f_<hex>`, shown by their labels."""
+        _label(label, "table")
+        if any(t.label.lower() == label.lower() for t in self.views.tables()):
+            raise ValidationError(f"a table named {label!r} already exists", label=label)
+        facet = f"workspace.t_{ids.new_id().hex()}"
+        payloads: list[O.Payload] = [O.DefineTable(facet, label)]
+        payloads += self._field_defs(facet, fields, set())
+        return self._commit("user", payloads, push_undo=False, facet=facet)
+
+    def add_field(self, table: str, label: str, ftype: str, *, crdt_text: bool = False,
+                  options: Mapping[str, Any] | None = None) -> Result:
+        t = self.views.table(table)
+        payloads = self._field_defs(t.facet, [{"label": label, "type": ftype, "crdt": crdt_text,
+                                               "options": options}],
+                                    {f.label.lower() for f in t.fields})
+        return self._commit("user", payloads, push_undo=False, facet=t.facet)
+
+    def _field_defs(self, facet: str, fields: Sequence[Mapping[str, Any]], taken: set[str],
+                    ) -> list[O.Payload]:
+        out: list[O.Payload] = []
+        for spec in fields:
+            unknown = set(spec) - {"label", "type", "crdt", "options", "name"}
+            if unknown:
+                raise ValidationError(f"unknown field keys {sorted(unknown)}")
+            label = _label(spec.get("label"), "field")
+            if label.lower() in taken:
+                raise ValidationError(f"field {label!r} is defined twice", label=label)
+            taken.add(label.lower())
+            ftype = spec.get("type", "text")
+            if ftype not in values.FTYPES:
+                raise ValidationError(f"unknown field type {ftype!r}", type=ftype,
+                                      allowed=sorted(values.FTYPES))
+            name = spec.get("name") or f"f_{os.urandom(8).hex()}"
+            opts = dict(spec.get("options") or {})
+            if "choices" in opts and ftype != "enum":
+                raise ValidationError("only enum fields have choices", field=label)
+            if ftype == "enum" and not opts.get("choices"):
+                raise ValidationError("an enum field needs choices", field=label)
+            out.append(O.DefineField(facet, name, ftype, label, crdt=bool(spec.get("crdt"))
+                                     or None, opts=opts or None))
+        return out
+
+    def define_edge_type(self, etype: str, label: str, *, ordered: bool = False,
+                         props: Mapping[str, str] | None = None) -> Result:
+        existing = self.views.edge_type(etype)
+        if existing is not None and existing["ordered"] != ordered:
+            raise ValidationError(f"edge type {etype!r} already exists with ordered="
+                                  f"{existing['ordered']}", type=etype)
+        return self._commit("user", [O.DefineEdgeType(etype, ordered, label,
+                                                      dict(props) if props else None)],
+                            push_undo=False)
+
+    # --- record commands ---------------------------------------------------------------------
+    def _create_payloads(self, table: TableDef, vals: Mapping[str, Any]
+                         ) -> tuple[bytes, list[O.Payload]]:
+        ctx = _Ctx()
+        e = ids.new_id()
+        ctx.created.add(e)
+        ctx.attached.add((e, table.facet))
+        payloads: list[O.Payload] = [O.CreateEntity(e), O.AttachFacet(e, table.facet)]
+        payloads += self._write_ops(e, table, {k: v for k, v in vals.items() if v is not None},
+                                    ctx)
+        return e, payloads
+
+    def create_record(self, table: str, vals: Mapping[str, Any] | None = None) -> Result:
+        t = self.views.table(table)
+        e, payloads = self._create_payloads(t, vals or {})
+        return self._commit("user", payloads, created=[e])
+
+    def create_records(self, table: str, rows: Sequence[Mapping[str, Any]], *,
+                       batch: int = IMPORT_BATCH) -> Result:
+        """Bulk import: one bundle per record, many bundles per transaction (kind `import`)."""
+        t = self.views.table(table)
+        created: list[bytes] = []
+        head = self.storage.head_seq()
+        for i in range(0, len(rows), batch):
+            bundles = []
+            for vals in rows[i:i + batch]:
+                e, payloads = self._create_payloads(t, vals)
+                bundles.append(self._seal("import", payloads))
+                created.append(e)
+            head = self.storage.append(bundles).head
+            self.proj.catch_up()
+        self.undo_stack.redo.clear()
+        return Result(head, None, tuple(created), t.facet)
+
+    def update_record(self, entity: bytes | str, vals: Mapping[str, Any],
+                      table: str | None = None) -> Result:
+        """Set fields (None clears). Without table, field names are looked up in every table."""
+        ctx = _Ctx()
+        e = self._entity(entity)
+        payloads: list[O.Payload] = []
+        if table is not None:
+            payloads = self._write_ops(e, self.views.table(table), vals, ctx)
+        else:
+            by_table: dict[str, dict[str, Any]] = {}
+            tables = self.views.tables_of(e)
+            for ref, x in vals.items():
+                owner = _owning_table(tables, ref)
+                by_table.setdefault(owner.facet, {})[ref] = x
+            for t in tables:
+                if t.facet in by_table:
+                    payloads += self._write_ops(e, t, by_table[t.facet], ctx)
+        if not payloads:
+            raise ValidationError("nothing to change", entity_id=ids.to_text(e))
+        return self._commit("user", payloads)
+
+    def add_to_table(self, entity: bytes | str, table: str,
+                     vals: Mapping[str, Any] | None = None) -> Result:
+        e = self._entity(entity)
+        t = self.views.table(table)
+        if self.views.is_attached(e, t.facet):
+            raise ValidationError(f"record is already in {t.label!r}", table=t.facet)
+        ctx = _Ctx()
+        ctx.attached.add((e, t.facet))
+        payloads: list[O.Payload] = [O.AttachFacet(e, t.facet)]
+        payloads += self._write_ops(e, t, vals or {}, ctx)
+        return self._commit("user", payloads)
+
+    def delete_record(self, entity: bytes | str, table: str | None = None) -> Result:
+        """Remove from a table (DetachFacet), deleting the entity when no table remains."""
+        e = self._entity(entity)
+        attached = self.views.attached(e)
+        payloads: list[O.Payload] = []
+        if table is not None:
+            t = self.views.table(table)
+            if t.facet not in attached:
+                raise ValidationError(f"record is not in {t.label!r}", table=t.facet)
+            payloads.append(O.DetachFacet(e, t.facet))
+            attached.remove(t.facet)
+        if not attached:
+            payloads.append(O.DeleteEntity(e, self.views.live_edges_of(e)))
+        return self._commit("user", payloads)
+
+    def delete_entity(self, entity: bytes | str) -> Result:
+        e = self._entity(entity)
+        return self._commit("user", [O.DeleteEntity(e, self.views.live_edges_of(e))])
+
+    def edit_text(self, entity: bytes | str, table: str, field: str, index: int, delete: int,
+                  insert: str) -> Result:
+        """Splice a CRDT text field (concurrent splices merge, never conflict)."""
+        e = self._entity(entity)
+        t = self.views.table(table)
+        f = t.field(field)
+        if not f.crdt:
+            raise ValidationError(f"{f.label!r} is not a collaborative text field",
+                                  field=f.name)
+        if not self.views.is_attached(e, t.facet):
+            raise ValidationError(f"record is not in {t.label!r}", table=t.facet)
+        state = self.views.crdt_state(e, self.proj.slot_of(f.facet, f.name))
+        try:
+            delta = crdt.delta_for_splice(state, index, delete, insert)
+        except ValueError as exc:
+            raise ValidationError(str(exc), field=f.name) from exc
+        return self._commit("user", [O.SetCRDTField(e, f.facet, f.name, delta)])
+
+    def set_field_raw(self, entity: bytes | str, facet: str, field: str, value: Any) -> Result:
+        """SetField with an already-canonical value, refused on CRDT fields (for tests/tools)."""
+        e = self._entity(entity)
+        f = self.views.field_def(facet, field)
+        if f is None:
+            raise NotFound(f"no field {facet}.{field}", field=f"{facet}.{field}")
+        if f.crdt:
+            raise ValidationError("SetField on a CRDT field; edit the text instead",
+                                  field=f.name)
+        t = self.views.table(facet)
+        ctx = _Ctx()
+        return self._commit("user", self._write_ops(e, t, {field: values.to_user(value)}, ctx))
+
+    # --- edges -------------------------------------------------------------------------------
+    def create_edge(self, etype: str, src: bytes | str, dst: bytes | str, *,
+                    props: Mapping[str, Any] | None = None, after: bytes | str | None = None,
+                    before: bytes | str | None = None) -> Result:
+        et = self.views.edge_type(etype)
+        if et is None:
+            raise NotFound(f"no edge type {etype!r}", type=etype)
+        s, d = self._entity(src), self._entity(dst)
+        pvals = self._props(et, props or {})
+        edge = ids.new_id()
+        if et["ordered"]:
+            idx = self._position(d, etype, after, before)
+            return self._commit("user", [O.CreateOrderedEdge(edge, etype, s, d, idx,
+                                                             pvals or None)], created=[edge])
+        if after is not None or before is not None:
+            raise ValidationError(f"edge type {etype!r} is not ordered", type=etype)
+        return self._commit("user", [O.CreateEdge(edge, etype, s, d, pvals or None)],
+                            created=[edge])
+
+    def _props(self, et: Mapping[str, Any], props: Mapping[str, Any]) -> dict[str, Any]:
+        out = {}
+        for k, x in props.items():
+            ftype = et["props"].get(k)
+            if ftype is None:
+                raise ValidationError(f"edge type {et['type']!r} has no property {k!r}",
+                                      property=k)
+            out[k] = values.from_user(ftype, x)
+        return out
+
+    def _position(self, dst: bytes, etype: str, after: bytes | str | None,
+                  before: bytes | str | None, moving: bytes | None = None) -> str:
+        scope = [(i, g) for i, g in self.views.ordered_scope(dst, etype) if g != moving]
+        keys = [i for i, _ in scope]
+        edges = [g for _, g in scope]
+        if after is None and before is None:
+            lo, hi = (keys[-1] if keys else None), None
+        elif after is not None:
+            a = _as_id(after)
+            if a not in edges:
+                raise NotFound("the edge to place after is not in this list",
+                               edge=ids.to_text(a))
+            pos = edges.index(a)
+            lo, hi = keys[pos], keys[pos + 1] if pos + 1 < len(keys) else None
+        else:
+            b = _as_id(before)  # type: ignore[arg-type]
+            if b not in edges:
+                raise NotFound("the edge to place before is not in this list",
+                               edge=ids.to_text(b))
+            pos = edges.index(b)
+            lo, hi = (keys[pos - 1] if pos > 0 else None), keys[pos]
+        if lo is not None and hi is not None and lo >= hi:
+            raise ValidationError("this list needs rebalancing first", type=etype)
+        return fracindex.key_between(lo, hi, self._rand.randrange)
+
+    def delete_edge(self, edge: bytes | str) -> Result:
+        g = _as_id(edge)
+        info = self.views.edge(g)
+        if info is None or info["deleted"]:
+            raise NotFound(f"no live edge {ids.to_text(g)}", edge=ids.to_text(g))
+        return self._commit("user", [O.DeleteEdge(g)])
+
+    def reorder_edge(self, edge: bytes | str, *, after: bytes | str | None = None,
+                     before: bytes | str | None = None) -> Result:
+        """Move an ordered edge; rebalances the list first when its keys grew too long."""
+        g = _as_id(edge)
+        info = self.views.edge(g)
+        if info is None or info["deleted"]:
+            raise NotFound(f"no live edge {ids.to_text(g)}", edge=ids.to_text(g))
+        if info["index"] is None:
+            raise ValidationError("only ordered edges can be reordered", edge=ids.to_text(g))
+        scope = self.views.ordered_scope(info["dst"], info["type"])
+        if fracindex.needs_rebalance([i for i, _ in scope]):
+            self.rebalance(info["dst"], info["type"])
+        idx = self._position(info["dst"], info["type"], after, before, moving=g)
+        return self._commit("user", [O.MoveOrderedEdge(g, idx)])
+
+    def rebalance(self, dst: bytes, etype: str) -> Result:
+        scope = self.views.ordered_scope(dst, etype)
+        keys = fracindex.rebalance(len(scope))
+        return self._commit("user", [O.RebalanceOrderedEdges(
+            dst, etype, [[g, k] for (_, g), k in zip(scope, keys, strict=True)])],
+            push_undo=False)
+
+    def set_edge_property(self, edge: bytes | str, key: str, value: Any) -> Result:
+        g = _as_id(edge)
+        info = self.views.edge(g)
+        if info is None or info["deleted"]:
+            raise NotFound(f"no live edge {ids.to_text(g)}", edge=ids.to_text(g))
+        et = self.views.edge_type(info["type"])
+        assert et is not None
+        if value is None:
+            if key not in et["props"]:
+                raise ValidationError(f"edge type has no property {key!r}", property=key)
+            return self._commit("user", [O.ClearEdgeProperty(g, key)])
+        return self._commit("user", [O.SetEdgeProperty(g, key, self._props(et, {key: value})
+                                                       [key])])
+
+    # --- identity repair, mappings, config ----------------------------------------------------
+    def merge(self, a: bytes | str, b: bytes | str) -> Result:
+        ea, eb = self._entity(a), self._entity(b)
+        if ea == eb:
+            raise ValidationError("cannot merge a record with itself")
+        return self._commit("user", [O.MergeEntities(min(ea, eb), max(ea, eb))],
+                            push_undo=False)
+
+    def split(self, source: bytes | str, tables: Sequence[str]) -> Result:
+        e = self._entity(source)
+        facets = sorted({self.views.table(t).facet for t in tables})
+        attached = set(self.views.attached(e))
+        missing = [f for f in facets if f not in attached]
+        if missing or not facets:
+            raise ValidationError("split needs tables the record is in", tables=missing)
+        new = ids.new_id()
+        return self._commit("user", [O.SplitEntity(e, new, facets)], push_undo=False,
+                            created=[new])
+
+    def _mapping_pair(self, key_a: str, key_b: str) -> tuple[str, str, str, str]:
+        a, b = sorted([key_a, key_b])
+        if a == b:
+            raise ValidationError("a field cannot be mapped to itself")
+        fa, na = values.split_field_key(a)
+        fb, nb = values.split_field_key(b)
+        da, dbf = self.views.field_def(fa, na), self.views.field_def(fb, nb)
+        if da is None or dbf is None:
+            raise NotFound("both fields must exist", key_a=a, key_b=b)
+        if da.ftype != dbf.ftype or da.crdt or dbf.crdt:
+            raise ValidationError("mapped fields must have the same type and not be CRDT",
+                                  key_a=a, key_b=b)
+        return fa, na, fb, nb
+
+    def confirm_mapping(self, key_a: str, key_b: str) -> Result:
+        return self._commit("user", [O.ConfirmFieldMapping(*self._mapping_pair(key_a, key_b))],
+                            push_undo=False)
+
+    def reject_mapping(self, key_a: str, key_b: str) -> Result:
+        return self._commit("user", [O.RejectFieldMapping(*self._mapping_pair(key_a, key_b))],
+                            push_undo=False)
+
+    def put_config(self, ns: str, key: str, value: Any) -> Result:
+        return self._commit("user", [O.PutConfig(ns, key, value)], push_undo=False)
+
+    # --- undo / redo -------------------------------------------------------------------------
+    def undo(self) -> undomod.UndoResult:
+        st = self.undo_stack
+        while st.undo:
+            entry = st.undo.pop()
+            skipped = undomod.skip_check(self.views, self.actor, entry.hlc, entry.causal_vc,
+                                      entry.ops)
+            if skipped:
+                return self._undo_result("skipped", skipped=skipped)
+            inv, not_restored = undomod.inverse(self.views, entry)
+            if not inv:
+                continue
+            bundle = self._seal("undo", inv, {"undoes": entry.bundle_id})
+            head = self.storage.append([bundle]).head
+            self.proj.catch_up()
+            st.redo.append(undomod.RedoEntry(entry, bundle.bundle_id, bundle.hlc,
+                                          bundle.causal_vc, tuple(inv)))
+            return self._undo_result("applied", bundle.bundle_id, not_restored=not_restored,
+                                     seq=head)
+        return self._undo_result("empty")
+
+    def redo(self) -> undomod.UndoResult:
+        st = self.undo_stack
+        if not st.redo:
+            return self._undo_result("empty")
+        r = st.redo.pop()
+        skipped = undomod.skip_check(self.views, self.actor, r.undo_hlc, r.undo_vc, r.undo_ops)
+        if skipped:
+            return self._undo_result("skipped", skipped=skipped)
+        payloads = undomod.redo_ops(self.views, r.original)
+        pre = undomod.preimage(self.views, payloads)
+        bundle = self._seal("redo", payloads, {"redoes": r.original.bundle_id})
+        head = self.storage.append([bundle]).head
+        self.proj.catch_up()
+        st.push(undomod.Entry(bundle.bundle_id, bundle.hlc, bundle.causal_vc, tuple(payloads),
+                           pre))
+        return self._undo_result("applied", bundle.bundle_id, seq=head)
+
+    def _undo_result(self, status: str, bundle_id: bytes | None = None, *,
+                     skipped: list[dict[str, Any]] | None = None,
+                     not_restored: list[bytes] | None = None, seq: int | None = None,
+                     ) -> undomod.UndoResult:
+        return undomod.UndoResult(
+            status, bundle_id, skipped or [], not_restored or [],
+            can_undo=bool(self.undo_stack.undo), can_redo=bool(self.undo_stack.redo), seq=seq,
+        )
+
+    # --- sync: ingest and catch-up -----------------------------------------------------------
+    def ingest(self, records: Iterable[Any]) -> IngestReport:
+        """Verify, admit and append remote bundles (whole), then project them.
+
+        Integrity failures and drift are rejected unstored and unsettled; content failures of
+        validly signed bundles are settled (spec 03 §3). Nothing bad is ever stored.
+        """
+        report = IngestReport()
+        good: list[O.Bundle] = []
+        for rec in records:
+            try:
+                b = O.open_bundle(rec, self.ws)
+                self.clock.check_drift(b.hlc)
+            except ContentError as exc:
+                d = exc.details
+                if not self.storage.is_settled(d["bundle_id"]):
+                    self.storage.record_rejection(d["bundle_id"], d["actor"], d["hlc"],
+                                                  exc.code, exc.message, None, settled=True)
+                report.rejected.append((d["bundle_id"], exc.code, exc.message))
+                continue
+            except (IntegrityError, ClockDriftError) as exc:
+                report.rejected.append((_bundle_id_of(rec), exc.code, exc.message))
+                continue
+            if self.storage.has_bundle(b.bundle_id) and self.storage.bundle_record(
+                b.bundle_id
+            ) == b.record:
+                report.dup.append(b.bundle_id)
+                continue
+            good.append(b)
+        stale_before = self.clock.now() - self.clock.stale_ms
+        for b in good:
+            try:
+                res = self.storage.append([b], origin="remote", stale_before_ms=stale_before)
+            except EquivocationError as exc:
+                report.rejected.append((b.bundle_id, exc.code, exc.message))
+                continue
+            self.clock.receive(b.hlc)
+            st = res.status[b.bundle_id]
+            (report.dup if st == "dup" else report.applied).append(b.bundle_id)
+        self.proj.catch_up()
+        return attrs.evolve(report, seq=self.storage.head_seq())
+
+    def ops_since(self, vc: Mapping[bytes, bytes]) -> list[list[Any]]:
+        """Catch-up: every stored bundle the peer with clock vc lacks, in canonical order."""
+        return list(self.storage.bundles_since(vc))
+
+    def vclock(self) -> dict[bytes, bytes]:
+        return self.storage.vclock()
+
+    # --- digests and verification ------------------------------------------------------------
+    def oplog_digest(self) -> bytes:
+        return self.storage.oplog_digest()
+
+    def state_hash(self) -> bytes:
+        self.proj.catch_up()
+        return compute_state_hash(self.proj.conn, self.storage.oplog_digest())
+
+    def rebuild(self) -> bytes:
+        self.proj.rebuild()
+        return self.state_hash()
+
+    def verify(self) -> dict[str, Any]:
+        """Full replay in a scratch database; compare its state hash with the live one."""
+        live = self.state_hash()
+        scratch = db.connect(":memory:")
+        try:
+            scratch.execute("ATTACH DATABASE ? AS src", (str(self.path / OPLOG_FILE),))
+            from openprod.storage.sqlite import SCHEMA as OPLOG_SCHEMA
+
+            scratch.execute(OPLOG_SCHEMA)
+            for table in ("bundles", "ops", "quarantine", "oplog_meta"):
+                scratch.execute(f"INSERT INTO main.{table} SELECT * FROM src.{table}")
+            scratch.execute("DETACH DATABASE src")
+            sp = StateProjection(scratch)
+            sp.rebuild()
+            count = sum(1 for _ in scratch.execute("SELECT 1 FROM ops"))
+            dsum = 0
+            for (h,) in scratch.execute("SELECT op_hash FROM ops"):
+                dsum = (dsum + int.from_bytes(bytes(h), "big")) % 2**256
+            digest = digest_of(count, dsum)
+            replayed = compute_state_hash(scratch, digest)
+        finally:
+            scratch.close()
+        return {"ok": replayed == live and digest == self.oplog_digest(),
+                "state_hash": live.hex(), "replayed_state_hash": replayed.hex(),
+                "oplog_digest": digest.hex()}
+
+    # --- reads -------------------------------------------------------------------------------
+    def list_tables(self) -> list[dict[str, Any]]:
+        return [t.to_json() for t in self.views.tables()]
+
+    def list_records(self, table: str) -> list[dict[str, Any]]:
+        return self.views.records(self.views.table(table))
+
+    def get_record(self, entity: bytes | str) -> dict[str, Any]:
+        e = entity if isinstance(entity, bytes) else _parse_id(entity)
+        e = self.proj.resolve(e)
+        if not self.views.is_live(e):
+            raise NotFound(f"no record {ids.to_text(e)}", entity_id=ids.to_text(e))
+        tables = self.views.tables_of(e)
+        vals: dict[str, Any] = {}
+        conflicts: list[str] = []
+        for t in tables:
+            v, c = self.views.record_values(e, t)
+            vals.update(v)
+            conflicts += c
+        return {"id": ids.to_text(e), "tables": [t.facet for t in tables], "values": vals,
+                "conflicts": conflicts}
+
+    def list_edges(self, entity: bytes | str | None = None, etype: str | None = None,
+                   direction: str = "both") -> list[dict[str, Any]]:
+        e = None if entity is None else self.proj.resolve(_as_id(entity))
+        return self.views.edges(e, etype, direction)
+
+
+def _owning_table(tables: Sequence[TableDef], ref: str) -> TableDef:
+    hits = []
+    for t in tables:
+        try:
+            t.field(ref)
+            hits.append(t)
+        except NotFound:
+            pass
+    if not hits:
+        raise NotFound(f"the record has no field {ref!r}", field=ref)
+    if len(hits) > 1:
+        raise ValidationError(f"field {ref!r} is ambiguous; name the table", field=ref,
+                              tables=[t.facet for t in hits])
+    return hits[0]
+
+
+def _label(x: Any, what: str) -> str:
+    if not isinstance(x, str) or not x.strip() or len(x) > O.MAX_LABEL:
+        raise ValidationError(f"a {what} needs a name of 1-{O.MAX_LABEL} characters",
+                              label=repr(x)[:50])
+    return x.strip()
+
+
+def _parse_id(s: str) -> bytes:
+    try:
+        return ids.from_text(s)
+    except (ValueError, TypeError, AttributeError):
+        raise ValidationError(f"{s!r} is not a valid id", id=repr(s)[:50]) from None
+
+
+def _as_id(x: bytes | str) -> bytes:
+    return x if isinstance(x, bytes) else _parse_id(x)
+
+
+def _bundle_id_of(rec: Any) -> bytes | None:
+    try:
+        from openprod.core import codec
+
+        h = codec.decode(rec[0])
+        b = h.get("bundle")
+        return b if ids.is_id(b) else None
+    except Exception:
+        return None
