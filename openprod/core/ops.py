@@ -128,13 +128,15 @@ def _prop_decls(x: Any) -> str | None:
     if type(x) is not dict:
         return "must be a map of property name to field type"
     for k, v in x.items():
-        if not values.is_local_name(k) or v not in values.FTYPES:
+        if not values.is_local_name(k) or type(v) is not str or v not in values.FTYPES:
             return f"property {k!r} must map a valid name to a field type"
     return None
 
 
 def _ftype(x: Any) -> str | None:
-    return None if x in values.FTYPES else f"must be one of {sorted(values.FTYPES)}"
+    if type(x) is str and x in values.FTYPES:
+        return None
+    return f"must be one of {sorted(values.FTYPES)}"
 
 
 def _opts(x: Any) -> str | None:
@@ -188,7 +190,11 @@ def _order(x: Any) -> str | None:
 
 
 def _any_config(x: Any) -> str | None:
-    return None if len(codec.encode_trusted(x)) <= MAX_CONFIG else "exceeds 256 KiB"
+    try:
+        size = len(codec.encode(x))
+    except CodecError as exc:
+        return f"is not a canonical CBOR value ({exc})"
+    return None if size <= MAX_CONFIG else "exceeds 256 KiB"
 
 
 def _forked_from(x: Any) -> str | None:
@@ -218,15 +224,27 @@ class Payload:
             _REGISTRY[cls.t] = cls
 
     def to_wire(self) -> dict[str, Any]:
-        d = attrs.asdict(self, recurse=False)  # type: ignore[arg-type]
-        return {k: v for k, v in d.items() if v is not None}
+        names = _FIELD_NAMES.get(type(self))
+        if names is None:
+            names = _FIELD_NAMES[type(self)] = tuple(
+                a.name for a in attrs.fields(type(self))  # type: ignore[arg-type]
+            )
+        out = {}
+        for k in names:
+            v = getattr(self, k)
+            if v is not None:
+                out[k] = v
+        return out
 
     def check(self) -> None:
         """Validate like admission does; raises ValidationError."""
-        payload_problem(self.t, self.to_wire(), raise_as=ValidationError)
+        payload_problem(self.t, self.to_wire(), raise_as=ValidationError, obj=self)
 
     def extra_check(self) -> str | None:
         return None
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def _optional(**kw: Any) -> Any:
@@ -563,16 +581,16 @@ EXISTENCE_TYPES = frozenset(["CreateEntity", "DeleteEntity", "RestoreEntity"])
 
 
 def payload_problem(
-    t: Any, p: Any, raise_as: type[OpenprodError] | None = None
+    t: Any, p: Any, raise_as: type[OpenprodError] | None = None, obj: Payload | None = None
 ) -> str | None:
     """Why (t, p) is not an admissible payload, or None. With raise_as, raise instead."""
-    problem = _payload_problem(t, p)
+    problem = _payload_problem(t, p, obj)
     if problem is not None and raise_as is not None:
         raise raise_as(f"{t}: {problem}", op_type=str(t))
     return problem
 
 
-def _payload_problem(t: Any, p: Any) -> str | None:
+def _payload_problem(t: Any, p: Any, obj: Payload | None = None) -> str | None:
     cls = _REGISTRY.get(t) if type(t) is str else None
     if cls is None:
         return f"unknown op type {t!r}"
@@ -590,7 +608,7 @@ def _payload_problem(t: Any, p: Any) -> str | None:
         problem = check(p[k])
         if problem is not None:
             return f"{k} {problem}"
-    return payload_from_wire(t, p).extra_check()
+    return (obj if obj is not None else payload_from_wire(t, p)).extra_check()
 
 
 def payload_from_wire(t: str, p: Mapping[str, Any]) -> Payload:
@@ -671,7 +689,10 @@ def seal(
     bundle_id: bytes | None = None,
     op_ids: Sequence[bytes] | None = None,
 ) -> Bundle:
-    """Build and sign a bundle from already-validated payloads (one HLC per op)."""
+    """Build and sign a bundle from already-validated payloads (one HLC per op).
+
+    Does not validate payloads (callers run `Payload.check`), so tests can forge bad content.
+    """
     if kind not in BUNDLE_KINDS:
         raise ValidationError(f"unknown bundle kind {kind!r}")
     n = len(payloads)
@@ -685,7 +706,9 @@ def seal(
     for i, pl in enumerate(payloads):
         oid = op_ids[i] if op_ids is not None else ids.new_id()
         p = pl.to_wire()
-        body = codec.encode({
+        # Payloads come checked (Payload.check) from the engine; tests seal bad ones on purpose
+        # to exercise admission, which re-checks every received body strictly.
+        body = codec.encode_trusted({
             "v": VERSION, "ws": ws, "id": oid, "hlc": hlcs[i], "actor": actor,
             "bundle": bid, "t": pl.t, "p": p,
         })
@@ -773,7 +796,9 @@ def open_bundle(record: Any, ws: bytes, *, verify_sig: bool = True) -> Bundle:
 
 
 def _content(h: dict[str, Any], msg: str) -> ContentError:
-    return ContentError(msg, bundle_id=h["bundle"], actor=h["actor"], hlc=h.get("hlc"))
+    # a malformed hlc is not reported: it must never reach the vector clock when settled
+    hlc = h.get("hlc") if hlcmod.is_hlc(h.get("hlc")) else None
+    return ContentError(msg, bundle_id=h["bundle"], actor=h["actor"], hlc=hlc)
 
 
 def _judge_content(
@@ -787,7 +812,7 @@ def _judge_content(
     kind: Any = h.get("kind")
     n: Any = h.get("n")
     bh: Any = h.get("hlc")
-    if kind not in BUNDLE_KINDS:
+    if type(kind) is not str or kind not in BUNDLE_KINDS:
         raise _content(h, f"unknown bundle kind {kind!r}")
     if type(n) is not int or not 1 <= n <= MAX_OPS or n != len(bodies):
         raise _content(h, "bundle op count does not match")

@@ -3,7 +3,8 @@
 This module owns the byte-level handling of CRDT text slots: one pycrdt `Doc`
 per (entity, slot) whose root `Text` is named "v", persisted as a full-state
 Yjs v1 update blob. It provides merging of `SetCRDTField` deltas into that
-state (commutative, idempotent, order-independent), reading the text value,
+state (commutative, idempotent, order-independent; for deltas produced by a
+real Yjs/yrs client even the resulting bytes are), reading the text value,
 merging two states (entity merge; a split simply copies the blob), and the
 author helpers that turn a local edit into an incremental delta.
 
@@ -74,11 +75,27 @@ def _as_crdt_error(what: str) -> Iterator[None]:
         raise
 
 
+def _leading_varuint(data: bytes) -> int | None:
+    value = 0
+    for shift, byte in enumerate(data[:10]):
+        value |= (byte & 0x7F) << (7 * shift)
+        if byte < 0x80:
+            return value
+    return None
+
+
 def _check_delta(delta: object) -> bytes:
     if not isinstance(delta, bytes):
         raise CrdtError(f"delta must be bytes, not {type(delta).__name__}")
     if len(delta) > MAX_DELTA:
         raise CrdtError(f"delta is {len(delta)} bytes, limit is {MAX_DELTA}")
+    # yrs reserves a hash map sized by the leading client count before
+    # reading any section: a 200-byte delta claiming ~2^28 clients costs
+    # seconds and hundreds of MB. Each section takes at least 3 bytes, so
+    # an honest count can never exceed a third of the length.
+    clients = _leading_varuint(delta)
+    if clients is None or clients * 3 > len(delta):
+        raise CrdtError("delta declares more client sections than it has bytes")
     return delta
 
 
@@ -104,18 +121,26 @@ def _load(updates: list[bytes], what: str, client_id: int | None = None) -> tupl
     return doc, text
 
 
-def _snapshot(doc: Doc[Text], sources: list[bytes]) -> bytes:
-    """Full state of `doc`, plus whatever of `sources` it could not integrate yet.
+def _integrate(sources: list[bytes], what: str) -> bytes:
+    """Full state holding everything in `sources`, in canonical form.
+
+    The sources are merged at the update level and integrated in a single
+    transaction: yrs only garbage-collects deleted content that a
+    transaction itself deleted, so feeding them one by one can leave
+    deleted text behind when a pending struct is released later, and the
+    resulting bytes would depend on delivery order.
 
     `Doc.get_update()` omits pending structs (those waiting for a causally
     earlier update) and pending deletions of unknown items. Dropping them
-    would make the result depend on delivery order, so the part of the
-    sources beyond the doc's state vector (which is exactly the pending
-    structs, plus the sources' delete sets) is merged back in.
+    would also make the result order-dependent, so the part of the merged
+    update beyond the doc's state vector (exactly the pending structs, plus
+    the delete set) is merged back in.
     """
-    with _as_crdt_error("cannot encode state"):
-        full = doc.get_update()
+    doc, _ = _new_doc()
+    with _as_crdt_error(what):
         merged = _merge_updates(*sources) if len(sources) > 1 else sources[0]
+        doc.apply_update(merged)
+        full = doc.get_update()
         leftover = _diff_update(merged, doc.get_state())
         return _merge_updates(full, leftover)
 
@@ -126,13 +151,13 @@ def empty_state() -> bytes:
 
 
 def is_valid_delta(delta: bytes) -> bool:
-    """Context-free check: within MAX_DELTA and decodes/applies onto an empty doc.
+    """Context-free check: `apply_delta` would accept it onto an empty state.
 
     A delta that passes can still be rejected by `apply_delta` against a
     particular state (e.g. one that contradicts the structure already there).
     """
     try:
-        _load([_check_delta(delta)], "invalid delta")
+        apply_delta(None, delta)
     except CrdtError:
         return False
     return True
@@ -147,10 +172,14 @@ def apply_delta(state: bytes | None, delta: bytes) -> bytes:
     """
     delta = _check_delta(delta)
     base = _state_or_empty(state)
-    doc, _ = _load([base], "stored state is corrupt")
-    with _as_crdt_error("invalid delta"):
-        doc.apply_update(delta)
-    return _snapshot(doc, [base, delta])
+    try:
+        # The state goes first: should a forged delta reuse known struct
+        # ids, the update merge keeps the stored version.
+        return _integrate([base, delta], "invalid delta")
+    except CrdtError:
+        # Blame the stored state if it cannot even be loaded on its own.
+        _load([base], "stored state is corrupt")
+        raise
 
 
 def read_text(state: bytes | None) -> str:
@@ -162,9 +191,7 @@ def read_text(state: bytes | None) -> str:
 
 def merge_states(a: bytes | None, b: bytes | None) -> bytes:
     """Union of two states (used when one entity absorbs another)."""
-    sources = [_state_or_empty(a), _state_or_empty(b)]
-    doc, _ = _load(sources, "cannot merge states")
-    return _snapshot(doc, sources)
+    return _integrate([_state_or_empty(a), _state_or_empty(b)], "cannot merge states")
 
 
 def _check_client_id(client_id: int | None) -> None:

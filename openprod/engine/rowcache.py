@@ -17,9 +17,11 @@ Row = tuple[Any, ...]
 
 class Rows:
     def __init__(
-        self, conn: apsw.Connection, table: str, keys: Sequence[str], cols: Sequence[str]
+        self, conn: apsw.Connection, table: str, keys: Sequence[str], cols: Sequence[str],
+        *, owner: int = 0,
     ) -> None:
         self.conn = conn
+        self.owner = owner  # which key part names the row's owner (entity, edge, ...)
         self.table = table
         where = " AND ".join(f"{k} = ?" for k in keys)
         self._select = f"SELECT {', '.join(cols)} FROM {table} WHERE {where}"
@@ -31,7 +33,10 @@ class Rows:
         self._delete = f"DELETE FROM {table} WHERE {where}"
         self.cache: dict[Key, Row | None] = {}
         self.dirty: set[Key] = set()
-        self.fresh = False  # True while the table is known empty (full replay): skip SELECTs
+        # During a full replay the table starts empty: only owners already flushed can have
+        # rows on disk, so a miss for any other owner needs no SELECT.
+        self.fresh = False
+        self.flushed_owners: set[Any] = set()
 
     def get(self, key: Key) -> Row | None:
         try:
@@ -39,7 +44,7 @@ class Rows:
         except KeyError:
             pass
         row: Row | None = None
-        if not self.fresh:
+        if not self.fresh or key[self.owner] in self.flushed_owners:
             for r in self.conn.execute(self._select, key):
                 row = tuple(r)
         self.cache[key] = row
@@ -64,14 +69,18 @@ class Rows:
                 dels.append(k)
             else:
                 ups.append(k + row)
-        if dels and not self.fresh:
+        if dels:
             self.conn.executemany(self._delete, dels)
         if ups:
             self.conn.executemany(self._upsert, ups)
+        if self.fresh:
+            self.flushed_owners.update(k[self.owner] for k in self.dirty)
         self.dirty.clear()
 
-    def reset(self, *, fresh: bool = False) -> None:
-        """Drop the cache (after flush, or on rollback)."""
+    def reset(self, *, fresh: bool | None = None) -> None:
+        """Drop the cache (after flush, or on rollback); fresh=True starts a full replay."""
         self.cache.clear()
         self.dirty.clear()
-        self.fresh = fresh
+        if fresh is not None:
+            self.fresh = fresh
+            self.flushed_owners.clear()

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import apsw
+import cbor2
 
 from openprod.core import codec
 from openprod.core import hlc as hlcmod
@@ -28,6 +29,7 @@ ZERO_STAMP = bytes(28)
 ENTITY_KEY = "$entity"
 FLUSH_EVERY = 50_000
 REDIRECT_CAP = 64
+CACHE_KIB = 32 * 1024  # SQLite page cache of the projection connection
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entities(
@@ -37,30 +39,23 @@ CREATE TABLE IF NOT EXISTS facets(
     entity BLOB, facet TEXT, attached INTEGER NOT NULL, stamp BLOB NOT NULL,
     PRIMARY KEY(entity, facet)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS facets_by_facet ON facets(facet, attached);
 CREATE TABLE IF NOT EXISTS fields(
     entity BLOB, slot TEXT, value BLOB, stamp BLOB NOT NULL, actor BLOB NOT NULL,
-    PRIMARY KEY(entity, slot)
+    bundle BLOB NOT NULL, fkey TEXT, PRIMARY KEY(entity, slot)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS fields_slot_value ON fields(slot, value);
 CREATE TABLE IF NOT EXISTS crdt_docs(
     entity BLOB, slot TEXT, state BLOB NOT NULL, PRIMARY KEY(entity, slot)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tips(
     kind TEXT, owner BLOB, key TEXT, tips BLOB NOT NULL, PRIMARY KEY(kind, owner, key)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS writes(
-    kind TEXT, owner BLOB, key TEXT, op_id BLOB, hlc BLOB NOT NULL, actor BLOB NOT NULL,
-    bundle_id BLOB NOT NULL, fkey TEXT, PRIMARY KEY(kind, owner, key, op_id)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS edges(
     edge BLOB PRIMARY KEY, type TEXT, src BLOB, dst BLOB, deleted INTEGER NOT NULL,
     dstamp BLOB NOT NULL, idx TEXT, istamp BLOB, cstamp BLOB
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS edges_src ON edges(src, type);
-CREATE INDEX IF NOT EXISTS edges_dst ON edges(dst, type, idx, edge);
 CREATE TABLE IF NOT EXISTS edge_props(
-    edge BLOB, key TEXT, value BLOB, stamp BLOB NOT NULL, PRIMARY KEY(edge, key)
+    edge BLOB, key TEXT, value BLOB, stamp BLOB NOT NULL, actor BLOB NOT NULL,
+    bundle BLOB NOT NULL, PRIMARY KEY(edge, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS schema_tables(
     facet TEXT PRIMARY KEY, label TEXT NOT NULL, stamp BLOB NOT NULL, module TEXT NOT NULL
@@ -87,15 +82,30 @@ CREATE TABLE IF NOT EXISTS inert_ops(op_id BLOB NOT NULL, seq INTEGER, reason TE
 CREATE TABLE IF NOT EXISTS derive_meta(k TEXT PRIMARY KEY, v);
 """
 
+SECONDARY_INDEXES = """
+CREATE INDEX IF NOT EXISTS facets_by_facet ON facets(facet, attached);
+CREATE INDEX IF NOT EXISTS fields_slot_value ON fields(slot, value);
+CREATE INDEX IF NOT EXISTS edges_src ON edges(src, type);
+CREATE INDEX IF NOT EXISTS edges_dst ON edges(dst, type, idx, edge);
+"""
+SECONDARY_INDEX_NAMES = ("facets_by_facet", "fields_slot_value", "edges_src", "edges_dst")
+
 DERIVED_TABLES = (
-    "entities", "facets", "fields", "crdt_docs", "tips", "writes", "edges", "edge_props",
+    "entities", "facets", "fields", "crdt_docs", "tips", "edges", "edge_props",
     "schema_tables", "schema_fields", "schema_edge_types", "field_slots", "mappings",
     "redirects", "merge_exceptions", "config", "inert_ops",
 )
 
 # Tip entries: [op_id, actor, hlc, bundle_id, value, fkey]; value = canonical value bytes,
-# None for a tombstone, or "c"/"d"/"r" for existence writes.
+# None for a tombstone, or "c"/"d"/"r" for existence writes. For fields and edge properties a
+# lone tip that is the register's own write is implicit (no `tips` row): that is the common case,
+# and the LWW winner is always a tip because no write can have seen a larger stamp.
 Tip = list[Any]
+WRITE_OPS = {
+    "f": frozenset(["SetField", "ClearField"]),
+    "p": frozenset(["SetEdgeProperty", "ClearEdgeProperty", "CreateEdge", "CreateOrderedEdge"]),
+    "e": frozenset(["CreateEntity", "DeleteEntity", "RestoreEntity"]),
+}
 
 
 class _Op:
@@ -126,7 +136,7 @@ class _Corrupt(Exception):
 
 
 class _TipRows(Rows):
-    """Rows whose single column is a decoded tip list (encoded only when flushed)."""
+    """Rows whose single column is a tip list: decoded in the cache, encoded when flushed."""
 
     def get(self, key: tuple[Any, ...]) -> tuple[Any, ...] | None:
         try:
@@ -136,19 +146,27 @@ class _TipRows(Rows):
         row: tuple[Any, ...] | None = None
         if not self.fresh:
             for (blob,) in self.conn.execute(self._select, key):
-                row = (codec.decode(blob),)
+                row = (cbor2.loads(blob),)
         self.cache[key] = row
         return row
 
     def flush(self) -> None:
+        if not self.dirty:
+            return
+        ups, dels = [], []
         for k in self.dirty:
             row = self.cache[k]
-            if row is not None and type(row[0]) is list:
-                self.cache[k] = (codec.encode_trusted(row[0]),)
-        super().flush()
-        for k, row in list(self.cache.items()):
-            if row is not None and type(row[0]) is bytes:
-                self.cache[k] = (codec.decode(row[0]),)
+            if row is None:
+                dels.append(k)
+            else:
+                ups.append((*k, codec.encode_trusted(row[0])))
+        if dels:
+            self.conn.executemany(self._delete, dels)
+        if ups:
+            self.conn.executemany(self._upsert, ups)
+        if self.fresh:
+            self.flushed_owners.update(k[self.owner] for k in self.dirty)
+        self.dirty.clear()
 
 
 def _seen(x_hlc: bytes, x_actor: bytes, x_vc: dict[bytes, bytes], y_hlc: bytes,
@@ -166,25 +184,30 @@ class StateProjection:
 
     def __init__(self, conn: apsw.Connection) -> None:
         self.conn = conn
+        conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         with db.transaction(conn):
             conn.execute(SCHEMA)
+            conn.execute(SECONDARY_INDEXES)
             self._init_meta()
         self.entities = Rows(conn, "entities", ["entity"], ["deleted", "created", "redirect"])
         self.facets = Rows(conn, "facets", ["entity", "facet"], ["attached", "stamp"])
-        self.fields = Rows(conn, "fields", ["entity", "slot"], ["value", "stamp", "actor"])
+        self.fields = Rows(
+            conn, "fields", ["entity", "slot"], ["value", "stamp", "actor", "bundle", "fkey"]
+        )
         self.docs = Rows(conn, "crdt_docs", ["entity", "slot"], ["state"])
-        self.tips = _TipRows(conn, "tips", ["kind", "owner", "key"], ["tips"])
+        self.tips = _TipRows(conn, "tips", ["kind", "owner", "key"], ["tips"], owner=1)
         self.edges = Rows(
             conn, "edges", ["edge"],
             ["type", "src", "dst", "deleted", "dstamp", "idx", "istamp", "cstamp"],
         )
-        self.props = Rows(conn, "edge_props", ["edge", "key"], ["value", "stamp"])
+        self.props = Rows(
+            conn, "edge_props", ["edge", "key"], ["value", "stamp", "actor", "bundle"]
+        )
         self.config = Rows(conn, "config", ["ns", "key"], ["value", "stamp"])
         self._caches = (
             self.entities, self.facets, self.fields, self.docs, self.tips, self.edges,
             self.props, self.config,
         )
-        self._writes: list[tuple[Any, ...]] = []
         self._inert: list[tuple[Any, ...]] = []
         self._vcs: OrderedDict[bytes, dict[bytes, bytes]] = OrderedDict()
         self._handlers: dict[str, Callable[[_Op], None]] = {
@@ -335,7 +358,6 @@ class StateProjection:
                     sk = op.stamp
         except _Replay:
             self._reset_caches()
-            self._writes.clear()
             self._inert.clear()
             self._full_replay(head)
             return
@@ -348,7 +370,8 @@ class StateProjection:
         if op_hash(body) != bytes(oh):
             raise _Corrupt(bytes(bid))
         try:
-            p = codec.decode(body)["p"]
+            # The body's op_hash matches, so these are the admitted canonical bytes.
+            p = cbor2.loads(body)["p"]
         except Exception as exc:  # a stored body that no longer decodes is corrupt too
             raise _Corrupt(bytes(bid)) from exc
         return _Op(seq, bytes(op_id), bytes(bid), bytes(h), bytes(actor), t, p)
@@ -356,10 +379,13 @@ class StateProjection:
     def _full_replay(self, head: int) -> None:
         self.replays += 1
         while True:
+            # Bulk inserts into unindexed tables, then one sorted index build, beat keeping
+            # the secondary indexes up to date row by row.
+            for name in SECONDARY_INDEX_NAMES:
+                self.conn.execute(f"DROP INDEX IF EXISTS {name}")
             for table in DERIVED_TABLES:
                 self.conn.execute(f"DELETE FROM {table}")
             self._reset_caches(fresh=True)
-            self._writes.clear()
             self._inert.clear()
             self._load_schema()
             quarantined = self._quarantined()
@@ -382,13 +408,15 @@ class StateProjection:
                     n += 1
                     if n % FLUSH_EVERY == 0:
                         self._flush()
-                        self._reset_caches()
+                        self._reset_caches(fresh=None)
             except _Corrupt as bad:
                 # A corrupt body anywhere: quarantine its bundle and replay without it.
                 self._quarantine(bad.bundle_id, head)
                 continue
             break
         self._flush()
+        self._reset_caches(fresh=False)
+        self.conn.execute(SECONDARY_INDEXES)
         self._save_meta(head, hw, sk)
 
     def _save_meta(self, seq: int, hw: bytes, sk: bytes) -> None:
@@ -397,20 +425,13 @@ class StateProjection:
             [("version", PROJECTION_VERSION), ("seq", seq), ("hw", hw), ("sk", sk)],
         )
 
-    def _reset_caches(self, *, fresh: bool = False) -> None:
+    def _reset_caches(self, *, fresh: bool | None = False) -> None:
         for c in self._caches:
             c.reset(fresh=fresh)
 
     def _flush(self) -> None:
         for c in self._caches:
             c.flush()
-            c.fresh = False
-        if self._writes:
-            self.conn.executemany(
-                "INSERT OR IGNORE INTO writes(kind, owner, key, op_id, hlc, actor, bundle_id,"
-                " fkey) VALUES (?,?,?,?,?,?,?,?)", self._writes,
-            )
-            self._writes.clear()
         if self._inert:
             self.conn.executemany(
                 "INSERT INTO inert_ops(op_id, seq, reason) VALUES (?,?,?)", self._inert
@@ -447,59 +468,85 @@ class StateProjection:
         for (header,) in self.conn.execute(
             "SELECT header FROM bundles WHERE bundle_id = ?", (bundle_id,)
         ):
-            vc = vcmod.from_wire(codec.decode(header)["causal_vc"])
+            vc = vcmod.from_wire(cbor2.loads(header)["causal_vc"])
         self._vcs[bundle_id] = vc
         if len(self._vcs) > 4096:
             self._vcs.popitem(last=False)
         return vc
 
-    def _track(self, kind: str, owner: bytes, key: str, op: _Op, value: Any, fkey: str | None,
-               late: bool) -> None:
-        """Record a write and update the tips of (kind, owner, key)."""
-        self._writes.append((kind, owner, key, op.op_id, op.hlc, op.actor, op.bundle, fkey))
-        tk = (kind, owner, key)
-        row = self.tips.get(tk)
-        tips: list[Tip] = row[0] if row is not None else []
+    def _next_tips(self, tips: list[Tip], op: _Op, value: Any, fkey: str | None,
+                   kind: str, owner: bytes, key: str) -> list[Tip]:
+        """The tips after write op: drop those op has seen; add op unless a write saw it."""
+        me = [op.op_id, op.actor, op.hlc, op.bundle, value, fkey]
         if not tips:
-            self.tips.put(tk, ([[op.op_id, op.actor, op.hlc, op.bundle, value, fkey]],))
-            return
+            return [me]
         vc = self._vc(op.bundle)
         kept = [t for t in tips if not _seen(op.hlc, op.actor, vc, t[2], t[1])]
-        if not late or not self._dominated(kind, owner, key, op):
-            kept.append([op.op_id, op.actor, op.hlc, op.bundle, value, fkey])
-        self.tips.put(tk, (kept,))
+        if not self._is_late(op) or not self._dominated(kind, owner, key, op):
+            kept.append(me)
+        return kept
+
+    def _reg_tips(self, kind: str, owner: bytes, key: str, reg: tuple[Any, ...] | None,
+                  ) -> list[Tip]:
+        """The tips of a field or edge property: explicit row, else the register's writer."""
+        row = self.tips.get((kind, owner, key))
+        if row is not None:
+            return list(row[0])
+        if reg is None:
+            return []
+        stamp = reg[1]
+        return [[stamp[12:], reg[2], stamp[:12], reg[3], reg[0], reg[4] if kind == "f" else None]]
+
+    def _store_reg_tips(self, kind: str, owner: bytes, key: str, tips: list[Tip],
+                        reg: tuple[Any, ...] | None) -> None:
+        implicit = reg is not None and len(tips) == 1 and tips[0][0] == reg[1][12:]
+        tk = (kind, owner, key)
+        if implicit:
+            if self.tips.get(tk) is not None:
+                self.tips.delete(tk)
+        else:
+            self.tips.put(tk, (tips,))
 
     def _dominated(self, kind: str, owner: bytes, key: str, op: _Op) -> bool:
-        """Has any stored write of (kind, owner, key) seen op? Only late arrivals ask."""
-        self._flush_writes()
-        for oid, h, actor, bid in self.conn.execute(
-            "SELECT op_id, hlc, actor, bundle_id FROM writes WHERE kind = ? AND owner = ?"
-            " AND key = ? AND hlc > ?", (kind, owner, key, op.hlc),
-        ):
-            if bytes(oid) != op.op_id and _seen(
-                bytes(h), bytes(actor), self._vc(bytes(bid)), op.hlc, op.actor
+        """Has a stored write of (kind, owner, key) seen op? Only late arrivals ask.
+
+        Reads the oplog itself (index on entity, hlc): writes stored but not yet applied count
+        too, which is harmless since applying them later removes op from the tips anyway.
+        """
+        names = [owner] + [a for a in self.redirects if self.resolve(a) == owner]
+        types = WRITE_OPS[kind]
+        quarantined = self._quarantined()
+        for name in names:
+            for oid, h, actor, bid, t, body in self.conn.execute(
+                "SELECT op_id, hlc, actor, bundle_id, t, body FROM ops WHERE entity = ?"
+                " AND hlc > ?", (name, op.hlc),
             ):
-                return True
+                if t not in types or bytes(oid) == op.op_id or bytes(bid) in quarantined:
+                    continue
+                if kind != "e" and not self._writes_key(kind, key, cbor2.loads(body)["p"]):
+                    continue
+                if _seen(bytes(h), bytes(actor), self._vc(bytes(bid)), op.hlc, op.actor):
+                    return True
         return False
 
-    def _flush_writes(self) -> None:
-        if self._writes:
-            self.conn.executemany(
-                "INSERT OR IGNORE INTO writes(kind, owner, key, op_id, hlc, actor, bundle_id,"
-                " fkey) VALUES (?,?,?,?,?,?,?,?)", self._writes,
-            )
-            self._writes.clear()
+    def _writes_key(self, kind: str, key: str, p: dict[str, Any]) -> bool:
+        if kind == "p":
+            return p.get("key") == key or key in (p.get("props") or {})
+        d = self.fdefs.get((p["facet"], p["field"]))
+        return not (d is not None and d[1]) and self.slot_of(p["facet"], p["field"]) == key
 
     # --- entities --------------------------------------------------------------------------
     def _existence(self, op: _Op, code: str) -> None:
         e = self.resolve(op.p["e"])
-        self._track("e", e, ENTITY_KEY, op, code, None, self._is_late(op))
-        row = self.entities.get((e,))
-        deleted, created, redirect = row if row is not None else (0, 0, None)
+        tk = ("e", e, ENTITY_KEY)
+        row = self.tips.get(tk)
+        tips = self._next_tips(list(row[0]) if row else [], op, code, None, "e", e, ENTITY_KEY)
+        self.tips.put(tk, (tips,))
+        erow = self.entities.get((e,))
+        deleted, created, redirect = erow if erow is not None else (0, 0, None)
         if code == "c":
             created = 1
-        tips = self.tips.get(("e", e, ENTITY_KEY))
-        deleted = int(any(t[4] == "d" for t in tips[0])) if tips else 0
+        deleted = int(any(t[4] == "d" for t in tips))
         self.entities.put((e,), (deleted, created, redirect))
 
     def _is_late(self, op: _Op) -> bool:
@@ -539,10 +586,13 @@ class StateProjection:
         e = self.resolve(p["e"])
         slot = self.slot_of(facet, field)
         value = codec.encode_trusted(p["value"]) if op.t == "SetField" else None
-        row = self.fields.get((e, slot))
-        if row is None or op.stamp > row[1]:
-            self.fields.put((e, slot), (value, op.stamp, op.actor))
-        self._track("f", e, slot, op, value, f"{facet}.{field}", self._is_late(op))
+        fkey = f"{facet}.{field}"
+        reg = self.fields.get((e, slot))
+        tips = self._next_tips(self._reg_tips("f", e, slot, reg), op, value, fkey, "f", e, slot)
+        if reg is None or op.stamp > reg[1]:
+            reg = (value, op.stamp, op.actor, op.bundle, fkey)
+            self.fields.put((e, slot), reg)
+        self._store_reg_tips("f", e, slot, tips, reg)
 
     def _set_crdt(self, op: _Op) -> None:
         p = op.p
@@ -611,10 +661,13 @@ class StateProjection:
         self._prop_write(op, op.p["edge"], op.p["key"], value)
 
     def _prop_write(self, op: _Op, edge: bytes, key: str, value: bytes | None) -> None:
-        row = self.props.get((edge, key))
-        if row is None or op.stamp > row[1]:
-            self.props.put((edge, key), (value, op.stamp))
-        self._track("p", edge, key, op, value, None, self._is_late(op))
+        reg = self.props.get((edge, key))
+        tips = self._next_tips(self._reg_tips("p", edge, key, reg), op, value, None, "p", edge,
+                               key)
+        if reg is None or op.stamp > reg[1]:
+            reg = (value, op.stamp, op.actor, op.bundle)
+            self.props.put((edge, key), reg)
+        self._store_reg_tips("p", edge, key, tips, reg)
 
     # --- schema ----------------------------------------------------------------------------
     def _define_table(self, op: _Op) -> None:
@@ -707,7 +760,7 @@ class StateProjection:
     def _structural_begin(self) -> None:
         """Flush the caches so set-based SQL below sees (and may rewrite) every row."""
         self._flush()
-        self._reset_caches()
+        self._reset_caches(fresh=False)
 
     def _mapping(self, op: _Op) -> None:
         p = op.p
@@ -760,53 +813,43 @@ class StateProjection:
         affected_old = {old.get(k, k) for k in changed}
         targets = {new.get(k, k) for k in old_g_keys(old_g, affected_old)}
         snap_slots = sorted(affected_old | targets)
-        q = ",".join("?" * len(snap_slots))
-        fields: dict[str, dict[bytes, tuple[Any, ...]]] = {}
-        for e, slot, value, stamp, actor in self.conn.execute(
-            f"SELECT entity, slot, value, stamp, actor FROM fields WHERE slot IN ({q})",
-            snap_slots,
-        ):
-            fields.setdefault(slot, {})[bytes(e)] = (value, bytes(stamp), bytes(actor))
-        tips: dict[str, dict[bytes, list[Tip]]] = {}
-        for owner, key, blob in self.conn.execute(
-            f"SELECT owner, key, tips FROM tips WHERE kind = 'f' AND key IN ({q})", snap_slots
-        ):
-            tips.setdefault(key, {})[bytes(owner)] = codec.decode(blob)
-        out_f: dict[str, dict[bytes, tuple[Any, ...]]] = {}
-        out_t: dict[str, dict[bytes, list[Tip]]] = {}
-        for n in targets:
+        snap: dict[str, dict[bytes, tuple[Any, list[Tip]]]] = {}
+        for e, slot in self._owners_of_slots(snap_slots):
+            reg = self.fields.get((e, slot))
+            snap.setdefault(slot, {})[e] = (reg, self._reg_tips("f", e, slot, reg))
+            self.fields.delete((e, slot))
+            if self.tips.get(("f", e, slot)) is not None:
+                self.tips.delete(("f", e, slot))
+        out: dict[tuple[bytes, str], tuple[Any, list[Tip]]] = {}
+        for n in sorted(targets):
             mem_new = new_g[n]
             for o in sorted({old.get(k, k) for k in mem_new}):
                 whole = old_g[o] <= mem_new
-                for e, (value, stamp, actor) in fields.get(o, {}).items():
-                    if not whole and o != n:
-                        stamp, actor = op.stamp, op.actor
-                    cur = out_f.setdefault(n, {}).get(e)
-                    if cur is None or stamp > cur[1]:
-                        out_f[n][e] = (value, stamp, actor)
-                for e, tl in tips.get(o, {}).items():
+                for e, (reg, tl) in snap.get(o, {}).items():
+                    if reg is not None and not whole and o != n:
+                        # a split copies the register, stamped by the reject op (spec 01 §1.4)
+                        reg = (reg[0], op.stamp, op.actor, op.bundle, reg[4])
+                    cur_reg, cur_tips = out.get((e, n), (None, []))
+                    if reg is not None and (cur_reg is None or reg[1] > cur_reg[1]):
+                        cur_reg = reg
                     keep = tl if whole else [t for t in tl if t[5] in mem_new]
-                    if keep:
-                        out_t.setdefault(n, {}).setdefault(e, []).extend(keep)
-        self.conn.execute(f"DELETE FROM fields WHERE slot IN ({q})", snap_slots)
-        self.conn.execute(f"DELETE FROM tips WHERE kind = 'f' AND key IN ({q})", snap_slots)
-        self.conn.executemany(
-            "INSERT INTO fields(entity, slot, value, stamp, actor) VALUES (?,?,?,?,?)",
-            [(e, s, *row) for s, d in out_f.items() for e, row in d.items()],
-        )
-        self.conn.executemany(
-            "INSERT INTO tips(kind, owner, key, tips) VALUES ('f',?,?,?)",
-            [(e, s, codec.encode_trusted(tl)) for s, d in out_t.items() for e, tl in d.items()],
-        )
-        for k in changed:
-            self.conn.execute(
-                "UPDATE writes SET key = ? WHERE kind = 'f' AND fkey = ?", (new.get(k, k), k)
-            )
+                    out[(e, n)] = (cur_reg, cur_tips + keep)
+        for (e, n), (reg, tl) in out.items():
+            if reg is not None:
+                self.fields.put((e, n), reg)
+            self._store_reg_tips("f", e, n, tl, reg)
         self.conn.execute("DELETE FROM field_slots")
         self.conn.executemany(
             "INSERT INTO field_slots(fkey, slot) VALUES (?, ?)", sorted(new.items())
         )
         self.slots = new
+
+    def _owners_of_slots(self, slots: list[str]) -> list[tuple[bytes, str]]:
+        q = ",".join("?" * len(slots))
+        return sorted({(bytes(e), k) for e, k in self.conn.execute(
+            f"SELECT entity, slot FROM fields WHERE slot IN ({q}) UNION"
+            f" SELECT owner, key FROM tips WHERE kind = 'f' AND key IN ({q})", [*slots, *slots],
+        )})
 
     def _merge(self, op: _Op) -> None:
         s0, a0 = self.resolve(op.p["survivor"]), self.resolve(op.p["absorbed"])
@@ -836,31 +879,23 @@ class StateProjection:
                         "INSERT OR REPLACE INTO facets(entity, facet, attached, stamp)"
                         " VALUES (?,?,1,?)", (s, facet, op.stamp),
                     )
-        for slot, value, stamp, actor in list(c.execute(
-            "SELECT slot, value, stamp, actor FROM fields WHERE entity = ?", (a,)
+        # Per slot S keeps the LWW winner and tips_S ∪ tips_A, unpruned (spec 01 §1.6).
+        for (slot,) in list(c.execute(
+            "SELECT slot FROM fields WHERE entity = ? UNION"
+            " SELECT key FROM tips WHERE kind = 'f' AND owner = ?", (a, a),
         )):
-            srow = list(c.execute(
-                "SELECT stamp FROM fields WHERE entity = ? AND slot = ?", (s, slot)
-            ))
-            if not srow or bytes(stamp) > bytes(srow[0][0]):
-                c.execute(
-                    "INSERT OR REPLACE INTO fields(entity, slot, value, stamp, actor)"
-                    " VALUES (?,?,?,?,?)", (s, slot, value, stamp, actor),
-                )
-        c.execute("DELETE FROM fields WHERE entity = ?", (a,))
-        for key, blob in list(c.execute(
-            "SELECT key, tips FROM tips WHERE kind = 'f' AND owner = ?", (a,)
-        )):
-            srow = list(c.execute(
-                "SELECT tips FROM tips WHERE kind = 'f' AND owner = ? AND key = ?", (s, key)
-            ))
-            merged = (codec.decode(srow[0][0]) if srow else []) + codec.decode(blob)
-            c.execute(
-                "INSERT OR REPLACE INTO tips(kind, owner, key, tips) VALUES ('f',?,?,?)",
-                (s, key, codec.encode_trusted(merged)),
-            )
-        c.execute("DELETE FROM tips WHERE kind = 'f' AND owner = ?", (a,))
-        c.execute("UPDATE OR IGNORE writes SET owner = ? WHERE kind = 'f' AND owner = ?", (s, a))
+            ra = self.fields.get((a, slot))
+            ta = self._reg_tips("f", a, slot, ra)
+            rs = self.fields.get((s, slot))
+            ts = self._reg_tips("f", s, slot, rs)
+            reg = rs if ra is None or (rs is not None and rs[1] >= ra[1]) else ra
+            self.fields.delete((a, slot))
+            if self.tips.get(("f", a, slot)) is not None:
+                self.tips.delete(("f", a, slot))
+            if reg is not None:
+                self.fields.put((s, slot), reg)
+            self._store_reg_tips("f", s, slot, ts + ta, reg)
+        self._flush()
         for slot, state in list(c.execute(
             "SELECT slot, state FROM crdt_docs WHERE entity = ?", (a,)
         )):
@@ -894,7 +929,8 @@ class StateProjection:
                 slot = self.slot_of(f, name)
                 frow = self.fields.get((src, slot))
                 if frow is not None:
-                    self.fields.put((new, slot), (frow[0], op.stamp, op.actor))
+                    self.fields.put((new, slot), (frow[0], op.stamp, op.actor, op.bundle,
+                                                  frow[4]))
                 drow = self.docs.get((src, slot))
                 if drow is not None:
                     self.docs.put((new, slot), drow)

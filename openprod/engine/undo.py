@@ -15,6 +15,7 @@ import attrs
 from openprod.core import codec, ids
 from openprod.core import hlc as hlcmod
 from openprod.core import ops as O
+from openprod.core.errors import NotFound
 from openprod.engine.views import Views
 
 MAX_ENTRIES = 100
@@ -103,7 +104,7 @@ def inverse(views: Views, entry: Entry) -> tuple[list[O.Payload], list[bytes]]:
         elif isinstance(p, O.ClearField):
             if pre is not None:
                 out.append(O.SetField(p.e, p.facet, p.field, pre))
-        elif isinstance(p, O.CreateEntity):
+        elif isinstance(p, O.CreateEntity | O.RestoreEntity):  # redo restores what undo deleted
             out.append(O.DeleteEntity(p.e, views.live_edges_of(p.e)))
         elif isinstance(p, O.DeleteEntity):
             out.append(O.RestoreEntity(p.e))
@@ -116,7 +117,7 @@ def inverse(views: Views, entry: Entry) -> tuple[list[O.Payload], list[bytes]]:
             out.append(O.DetachFacet(p.e, p.facet))
         elif isinstance(p, O.DetachFacet):
             out.append(O.AttachFacet(p.e, p.facet))
-        elif isinstance(p, O.CreateEdge | O.CreateOrderedEdge):
+        elif isinstance(p, O.CreateEdge | O.CreateOrderedEdge | O.RestoreEdge):
             out.append(O.DeleteEdge(p.edge))
         elif isinstance(p, O.DeleteEdge):
             info = views.edge(p.edge)
@@ -205,7 +206,13 @@ def skip_check(
     views: Views, me: bytes, bundle_hlc: bytes, bundle_vc: dict[bytes, bytes],
     ops: Sequence[O.Payload],
 ) -> list[dict[str, Any]]:
-    """Ops by other actors on touched items that the bundle had not seen (spec 02 §3.2)."""
+    """Ops by other actors on touched items that the bundle had not seen (spec 02 §3.2).
+
+    Each skipped item is reported once per actor as `{entity_id, field, label, actor}`: `field`
+    is the field's name as this bundle wrote it (the other actor's, for a field of an entity the
+    bundle created) and `label` its display label; existence is `"$entity"`, table membership
+    `"$table:<table id>"` (label = the table's label), an edge `"$edge"` (entity_id = the edge).
+    """
     fields, whole, edges = touched(ops)
     proj = views.proj
     out: list[dict[str, Any]] = []
@@ -218,37 +225,53 @@ def skip_check(
         slots = {_slot(proj, k): k for k in fields.get(e, set()) if not k.startswith("$")}
         facets = {k[7:] for k in fields.get(e, set()) if k.startswith("$facet:")}
         for actor, h, t, body in views.conn.execute(
-            "SELECT actor, hlc, t, body FROM ops WHERE entity = ? AND actor != ?", (e, me)
+            "SELECT actor, hlc, t, body FROM ops WHERE entity = ? AND actor != ?"
+            " ORDER BY hlc, op_id", (e, me)
         ):
             actor, h = bytes(actor), bytes(h)
             if not unseen(actor, h):
                 continue
             p = codec.decode(bytes(body))["p"]
-            hit: str | None = None
-            if e in whole:
-                hit = p.get("field", "$entity") if "field" in p else "$entity"
-                if "field" in p:
-                    hit = _slot(proj, f"{p['facet']}.{p['field']}")
-            elif t in ("SetField", "ClearField"):
+            hit: str | None = None  # the item's key: a slot, "$entity" or "$facet:<facet>"
+            if "field" in p:
                 slot = _slot(proj, f"{p['facet']}.{p['field']}")
-                if slot in slots:
+                if e in whole or (t in ("SetField", "ClearField") and slot in slots):
                     hit = slot
-            elif t in ("DeleteEntity", "RestoreEntity"):
+            elif t in ("AttachFacet", "DetachFacet"):
+                if e in whole or p["facet"] in facets:
+                    hit = "$facet:" + p["facet"]
+            elif e in whole or t in ("DeleteEntity", "RestoreEntity"):
                 hit = "$entity"
-            elif t in ("AttachFacet", "DetachFacet") and p["facet"] in facets:
-                hit = "$facet:" + p["facet"]
             if hit is not None and (e, hit, actor) not in seen_keys:
                 seen_keys.add((e, hit, actor))
-                out.append({"entity_id": ids.to_text(e), "field": hit, "actor": actor.hex()})
+                field, label = _describe(views, hit, slots.get(hit) or
+                                         f"{p.get('facet')}.{p.get('field')}")
+                out.append({"entity_id": ids.to_text(e), "field": field, "label": label,
+                            "actor": actor.hex()})
     for g in sorted(edges):
         for actor, h in views.conn.execute(
             "SELECT actor, hlc FROM ops WHERE entity = ? AND actor != ?", (g, me)
         ):
             if unseen(bytes(actor), bytes(h)) and (g, "$edge", bytes(actor)) not in seen_keys:
                 seen_keys.add((g, "$edge", bytes(actor)))
-                out.append({"entity_id": ids.to_text(g), "field": "$edge",
+                out.append({"entity_id": ids.to_text(g), "field": "$edge", "label": None,
                             "actor": bytes(actor).hex()})
     return out
+
+
+def _describe(views: Views, hit: str, key: str) -> tuple[str, str | None]:
+    """(field, label) for a skipped item: a field's name and label, or a `$` pseudo-field."""
+    if hit == "$entity":
+        return hit, None
+    if hit.startswith("$facet:"):
+        facet = hit[7:]
+        try:
+            return "$table:" + facet, views.table(facet).label
+        except NotFound:
+            return "$table:" + facet, None
+    facet, _, name = key.rpartition(".")
+    fd = views.field_def(facet, name)
+    return name, fd.label if fd is not None else None
 
 
 def _slot(proj: Any, key: str) -> str:

@@ -174,10 +174,23 @@ class Views:
         return None
 
     def tips(self, kind: str, owner: bytes, key: str) -> list[list[Any]]:
+        """[op_id, actor, hlc, bundle_id, value, fkey] per tip (a lone tip is the register's)."""
         for (blob,) in self.conn.execute(
             "SELECT tips FROM tips WHERE kind = ? AND owner = ? AND key = ?", (kind, owner, key)
         ):
             return list(codec.decode(bytes(blob)))
+        if kind == "f":
+            q = ("SELECT value, stamp, actor, bundle, fkey FROM fields"
+                 " WHERE entity = ? AND slot = ?")
+        elif kind == "p":
+            q = ("SELECT value, stamp, actor, bundle, NULL FROM edge_props"
+                 " WHERE edge = ? AND key = ?")
+        else:
+            return []
+        for v, st, actor, bundle, fkey in self.conn.execute(q, (owner, key)):
+            st = bytes(st)
+            return [[st[12:], bytes(actor), st[:12], bytes(bundle),
+                     bytes(v) if v is not None else None, fkey]]
         return []
 
     def is_conflicted(self, e: bytes, slot: str) -> bool:

@@ -32,6 +32,7 @@ from openprod.core.errors import (
 from openprod.core.identity import Identity
 from openprod.engine import crdt, fracindex
 from openprod.engine import undo as undomod
+from openprod.engine.conflicts import conflict_id
 from openprod.engine.state import StateProjection
 from openprod.engine.statehash import compute as compute_state_hash
 from openprod.engine.views import FieldDef, TableDef, Views
@@ -281,7 +282,7 @@ class Workspace:
             raise ValidationError(f"edge type {etype!r} already exists with ordered="
                                   f"{existing['ordered']}", type=etype)
         return self._commit("user", [O.DefineEdgeType(etype, ordered, label,
-                                                      dict(props) if props else None)],
+                                                      props=dict(props) if props else None)],
                             push_undo=False)
 
     # --- record commands ---------------------------------------------------------------------
@@ -414,10 +415,10 @@ class Workspace:
         if et["ordered"]:
             idx = self._position(d, etype, after, before)
             return self._commit("user", [O.CreateOrderedEdge(edge, etype, s, d, idx,
-                                                             pvals or None)], created=[edge])
+                                                             props=pvals or None)], created=[edge])
         if after is not None or before is not None:
             raise ValidationError(f"edge type {etype!r} is not ordered", type=etype)
-        return self._commit("user", [O.CreateEdge(edge, etype, s, d, pvals or None)],
+        return self._commit("user", [O.CreateEdge(edge, etype, s, d, props=pvals or None)],
                             created=[edge])
 
     def _props(self, et: Mapping[str, Any], props: Mapping[str, Any]) -> dict[str, Any]:
@@ -542,6 +543,27 @@ class Workspace:
     def put_config(self, ns: str, key: str, value: Any) -> Result:
         return self._commit("user", [O.PutConfig(ns, key, value)], push_undo=False)
 
+    # --- conflicts ---------------------------------------------------------------------------
+    def resolve_field(self, entity: bytes | str, table: str, field: str, value: Any) -> Result:
+        """Resolve the open conflict on one field: one `resolution` bundle with one write.
+
+        The write (SetField, or ClearField for None) carries `resolves` = the sorted op ids of
+        the current tips and `conflict` = the conflict_id (spec 02 §1.6, §1.8). Not undoable
+        (never pushed on the undo stack); like any new local command it clears redo.
+        """
+        e = self._entity(entity)
+        t = self.views.table(table)
+        f = t.field(field)
+        slot = self.proj.slot_of(f.facet, f.name)
+        if f.crdt or not self.views.is_conflicted(e, slot):
+            raise NotFound(f"field {f.label!r} of record {ids.to_text(e)} has no open conflict",
+                           entity_id=ids.to_text(e), field=f.name)
+        tips = sorted(bytes(tip[0]) for tip in self.views.tips("f", e, slot))
+        (write,) = self._write_ops(e, t, {f.name: value}, _Ctx())
+        assert isinstance(write, O.SetField | O.ClearField)
+        tagged = attrs.evolve(write, resolves=tips, conflict=conflict_id(e, slot))
+        return self._commit("resolution", [tagged], push_undo=False)
+
     # --- undo / redo -------------------------------------------------------------------------
     def undo(self) -> undomod.UndoResult:
         st = self.undo_stack
@@ -604,6 +626,12 @@ class Workspace:
                 self.clock.check_drift(b.hlc)
             except ContentError as exc:
                 d = exc.details
+                try:  # a bundle that is also too far in the future is a drift failure: unsettled
+                    if d["hlc"] is not None:
+                        self.clock.check_drift(d["hlc"])
+                except ClockDriftError as drift:
+                    report.rejected.append((d["bundle_id"], drift.code, drift.message))
+                    continue
                 if not self.storage.is_settled(d["bundle_id"]):
                     self.storage.record_rejection(d["bundle_id"], d["actor"], d["hlc"],
                                                   exc.code, exc.message, None, settled=True)

@@ -49,6 +49,12 @@ CREATE TRIGGER IF NOT EXISTS bundles_no_update BEFORE UPDATE ON bundles
     BEGIN SELECT RAISE(ABORT, 'the oplog is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS bundles_no_delete BEFORE DELETE ON bundles
     BEGIN SELECT RAISE(ABORT, 'the oplog is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ops_no_replace BEFORE INSERT ON ops
+    WHEN EXISTS (SELECT 1 FROM ops WHERE seq = NEW.seq)
+    BEGIN SELECT RAISE(ABORT, 'the oplog is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS bundles_no_replace BEFORE INSERT ON bundles
+    WHEN EXISTS (SELECT 1 FROM bundles WHERE bundle_id = NEW.bundle_id)
+    BEGIN SELECT RAISE(ABORT, 'the oplog is append-only'); END;
 CREATE TABLE IF NOT EXISTS vclock(actor BLOB PRIMARY KEY, hlc BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS oplog_meta(k TEXT PRIMARY KEY, v);
 CREATE TABLE IF NOT EXISTS local_meta(k TEXT PRIMARY KEY, v);

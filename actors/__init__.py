@@ -1,0 +1,1 @@
+"""The runtime: trio actors that own the domain objects of `openprod/` and talk over channels."""
