@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/openprod run
+	$(BIN)/openprod serve
 
 test: $(STAMP)
 	$(BIN)/ruff check openprod actors tests bench

@@ -101,6 +101,11 @@ def load_or_create(home: Path, display_name: str = "", device_name: str = "") ->
     return load(path)
 
 
+def save(home: Path, ident: Identity) -> None:
+    """Rewrite `<home>/identity.json` atomically (e.g. after a display-name change)."""
+    _write_atomic(home / IDENTITY_FILE, json.dumps(ident.to_json(), indent=2).encode())
+
+
 def load(path: Path) -> Identity:
     st = path.stat()
     if st.st_uid != os.getuid():

@@ -29,6 +29,9 @@ ZERO_STAMP = bytes(28)
 ENTITY_KEY = "$entity"
 FLUSH_EVERY = 50_000
 REDIRECT_CAP = 64
+SCHEMA_OPS = frozenset([
+    "DefineTable", "DefineField", "DefineEdgeType", "ConfirmFieldMapping", "RejectFieldMapping",
+])
 CACHE_KIB = 32 * 1024  # SQLite page cache of the projection connection
 
 SCHEMA = """
@@ -144,7 +147,7 @@ class _TipRows(Rows):
         except KeyError:
             pass
         row: tuple[Any, ...] | None = None
-        if not self.fresh:
+        if not self.fresh or key[self.owner] in self.flushed_owners:
             for (blob,) in self.conn.execute(self._select, key):
                 row = (cbor2.loads(blob),)
         self.cache[key] = row
@@ -242,6 +245,11 @@ class StateProjection:
         self._load_schema()
         self.replays = 0
         self._hw = ZERO_STAMP
+        # Entities whose records changed, and whether the schema did, since the owner last
+        # cleared them (only while applying incrementally; a full replay invalidates all).
+        self.track_changes = False
+        self.touched: set[bytes] = set()
+        self.schema_changed = False
 
     # --- meta ----------------------------------------------------------------------------
     def _init_meta(self) -> None:
@@ -262,6 +270,10 @@ class StateProjection:
         for (v,) in self.conn.execute("SELECT v FROM oplog_meta WHERE k = 'head_seq'"):
             return int(v)
         return 0
+
+    def refresh(self) -> None:
+        """Reload the schema caches (for a read-only user of a projection another owner drives)."""
+        self._load_schema()
 
     def _load_schema(self) -> None:
         self.fdefs: dict[tuple[str, str], tuple[str, bool]] = {
@@ -297,6 +309,8 @@ class StateProjection:
                 self._reset_caches()
                 self._load_schema()
                 raise
+        # The row caches serve one transaction; keeping them would grow memory without bound.
+        self._reset_caches()
         return self.checkpoint
 
     def rebuild(self) -> int:
@@ -341,7 +355,7 @@ class StateProjection:
             if bid in quarantined:
                 continue
             try:
-                pending.extend(self._decode(r) for r in rows)
+                pending.extend([self._decode(r) for r in rows])  # whole bundle or none
             except _Corrupt:
                 self._quarantine(bid, head)
         pending.sort(key=lambda o: o.stamp)
@@ -440,6 +454,25 @@ class StateProjection:
 
     def _apply(self, op: _Op) -> None:
         self._handlers[op.t](op)
+        if self.track_changes:
+            self._note_change(op)
+
+    def _note_change(self, op: _Op) -> None:
+        """Remember what an op changed, for the runtime's change events."""
+        if op.t in SCHEMA_OPS:
+            self.schema_changed = True
+            return
+        p = op.p
+        for k in ("e", "src", "dst", "survivor", "absorbed", "source", "new_entity"):
+            v = p.get(k)
+            if v is not None:
+                self.touched.add(self.resolve(v))
+        if "edge" in p and "src" not in p:
+            for src, dst in self.conn.execute(
+                "SELECT src, dst FROM edges WHERE edge = ?", (p["edge"],)
+            ):
+                if src is not None:
+                    self.touched.update((bytes(src), bytes(dst)))
 
     def _inert_op(self, op: _Op, reason: str) -> None:
         self._inert.append((op.op_id, op.seq, reason))
@@ -796,7 +829,7 @@ class StateProjection:
                 lo, hi = min(ra, rb), max(ra, rb)
                 parent[hi] = lo
                 parent.setdefault(lo, lo)
-        keys = set(parent) | set(self.slots)
+        keys = set(parent) | set(self.slots) | set(self.slots.values())  # old roots too
         old = dict(self.slots)
         new = {k: find(k) for k in keys if find(k) != k}
         changed = {k for k in keys if old.get(k, k) != new.get(k, k)}

@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from openprod.core import codec, ids, values
-from openprod.core.errors import NotFound
+from openprod.core.errors import NotFound, ValidationError
 from openprod.engine import crdt
 from openprod.engine.state import ENTITY_KEY, StateProjection
 from openprod.engine.statehash import open_conflicts
@@ -299,6 +299,27 @@ class Views:
 
     def records(self, table: TableDef) -> list[dict[str, Any]]:
         return [self.record(e, table) for e in self.record_ids(table.facet)]
+
+    def get_record(self, e: bytes) -> dict[str, Any]:
+        """A record with the values of every table it is in (merged ids read the survivor)."""
+        e = self.proj.resolve(e)
+        if not self.is_live(e):
+            raise NotFound(f"no record {ids.to_text(e)}", entity_id=ids.to_text(e))
+        tables = self.tables_of(e)
+        vals: dict[str, Any] = {}
+        conflicts: list[str] = []
+        for t in tables:
+            v, c = self.record_values(e, t)
+            vals.update(v)
+            conflicts += c
+        return {"id": ids.to_text(e), "tables": [t.facet for t in tables], "values": vals,
+                "conflicts": conflicts}
+
+    def list_edges(self, e: bytes | None = None, etype: str | None = None,
+                   direction: str = "both") -> list[dict[str, Any]]:
+        if direction not in ("both", "in", "out"):
+            raise ValidationError("direction must be both, in or out", direction=direction)
+        return self.edges(None if e is None else self.proj.resolve(e), etype, direction)
 
     def tables_of(self, e: bytes) -> list[TableDef]:
         att = set(self.attached(e))

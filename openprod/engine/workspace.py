@@ -79,8 +79,12 @@ class _Ctx:
 class Workspace:
     def __init__(
         self, path: Path, ident: Identity, *, now: Callable[[], int] = hlcmod.system_ms,
+        derive: bool = True,
     ) -> None:
+        """derive=False: only append (the runtime's StateDeriver projects on its own connection
+        and the OplogWriter waits for it before validating the next command)."""
         self.path = path
+        self.derive = derive
         self.ident = ident
         self.actor = ident.actor
         self.storage = SqliteStorage(path / OPLOG_FILE)
@@ -92,7 +96,14 @@ class Workspace:
         self.ws: bytes = bytes(ws) if ws is not None else b""
         self.undo_stack = undomod.UndoStack()
         self._rand = random.Random()
-        self.proj.catch_up()
+        self._derive()
+
+    def _derive(self) -> None:
+        """Bring the projection up to the oplog head, or just reload its schema caches."""
+        if self.derive:
+            self.proj.catch_up()
+        else:
+            self.proj.refresh()
 
     # --- lifecycle -------------------------------------------------------------------------
     @classmethod
@@ -133,11 +144,11 @@ class Workspace:
 
     @classmethod
     def open(cls, path: Path | str, ident: Identity, *,
-             now: Callable[[], int] = hlcmod.system_ms) -> Workspace:
+             now: Callable[[], int] = hlcmod.system_ms, derive: bool = True) -> Workspace:
         path = Path(path)
         if not (path / OPLOG_FILE).exists():
             raise NotFound(f"no workspace at {path}", path=str(path))
-        return cls(path, ident, now=now)
+        return cls(path, ident, now=now, derive=derive)
 
     def close(self) -> None:
         self.proj.conn.close()
@@ -160,7 +171,7 @@ class Workspace:
         pre = undomod.preimage(self.views, payloads) if push_undo else ()
         bundle = self._seal(kind, payloads, meta)
         res = self.storage.append([bundle])
-        self.proj.catch_up()
+        self._derive()
         if push_undo and undomod.undoable(payloads):
             self.undo_stack.push(undomod.Entry(
                 bundle.bundle_id, bundle.hlc, bundle.causal_vc, tuple(payloads), tuple(pre)))
@@ -315,19 +326,26 @@ class Workspace:
                 bundles.append(self._seal("import", payloads))
                 created.append(e)
             head = self.storage.append(bundles).head
-            self.proj.catch_up()
+            self._derive()
         self.undo_stack.redo.clear()
         return Result(head, None, tuple(created), t.facet)
 
     def update_record(self, entity: bytes | str, vals: Mapping[str, Any],
                       table: str | None = None) -> Result:
         """Set fields (None clears). Without table, field names are looked up in every table."""
+        return self.update_records([(entity, vals, table)])
+
+    def update_records(
+        self, updates: Sequence[tuple[bytes | str, Mapping[str, Any], str | None]],
+    ) -> Result:
+        """Several records' fields in one bundle (a paste is one undo step)."""
         ctx = _Ctx()
-        e = self._entity(entity)
         payloads: list[O.Payload] = []
-        if table is not None:
-            payloads = self._write_ops(e, self.views.table(table), vals, ctx)
-        else:
+        for entity, vals, table in updates:
+            e = self._entity(entity)
+            if table is not None:
+                payloads += self._write_ops(e, self.views.table(table), vals, ctx)
+                continue
             by_table: dict[str, dict[str, Any]] = {}
             tables = self.views.tables_of(e)
             for ref, x in vals.items():
@@ -337,7 +355,7 @@ class Workspace:
                 if t.facet in by_table:
                     payloads += self._write_ops(e, t, by_table[t.facet], ctx)
         if not payloads:
-            raise ValidationError("nothing to change", entity_id=ids.to_text(e))
+            raise ValidationError("nothing to change")
         return self._commit("user", payloads)
 
     def add_to_table(self, entity: bytes | str, table: str,
@@ -353,18 +371,34 @@ class Workspace:
         return self._commit("user", payloads)
 
     def delete_record(self, entity: bytes | str, table: str | None = None) -> Result:
-        """Remove from a table (DetachFacet), deleting the entity when no table remains."""
-        e = self._entity(entity)
-        attached = self.views.attached(e)
+        """Remove from a table (DetachFacet), deleting the entity when no table remains.
+
+        Without a table the record is deleted from every table (DeleteEntity)."""
+        return self.delete_records([entity], table)
+
+    def delete_records(self, entities: Sequence[bytes | str], table: str | None = None,
+                       ) -> Result:
+        """Several records in one bundle (one undo step restores them and their links)."""
         payloads: list[O.Payload] = []
-        if table is not None:
-            t = self.views.table(table)
-            if t.facet not in attached:
-                raise ValidationError(f"record is not in {t.label!r}", table=t.facet)
-            payloads.append(O.DetachFacet(e, t.facet))
-            attached.remove(t.facet)
-        if not attached:
-            payloads.append(O.DeleteEntity(e, self.views.live_edges_of(e)))
+        seen: set[bytes] = set()
+        t = self.views.table(table) if table is not None else None
+        for entity in entities:
+            e = self._entity(entity)
+            if e in seen:
+                continue
+            seen.add(e)
+            attached = self.views.attached(e)
+            if t is not None:
+                if t.facet not in attached:
+                    raise ValidationError(f"record is not in {t.label!r}", table=t.facet,
+                                          entity_id=ids.to_text(e))
+                payloads.append(O.DetachFacet(e, t.facet))
+                attached.remove(t.facet)
+            if t is None or not attached:
+                # no table named: the record goes from every table, i.e. the entity is deleted
+                payloads.append(O.DeleteEntity(e, self.views.live_edges_of(e)))
+        if not payloads:
+            raise ValidationError("nothing to delete")
         return self._commit("user", payloads)
 
     def delete_entity(self, entity: bytes | str) -> Result:
@@ -578,7 +612,7 @@ class Workspace:
                 continue
             bundle = self._seal("undo", inv, {"undoes": entry.bundle_id})
             head = self.storage.append([bundle]).head
-            self.proj.catch_up()
+            self._derive()
             st.redo.append(undomod.RedoEntry(entry, bundle.bundle_id, bundle.hlc,
                                           bundle.causal_vc, tuple(inv)))
             return self._undo_result("applied", bundle.bundle_id, not_restored=not_restored,
@@ -597,7 +631,7 @@ class Workspace:
         pre = undomod.preimage(self.views, payloads)
         bundle = self._seal("redo", payloads, {"redoes": r.original.bundle_id})
         head = self.storage.append([bundle]).head
-        self.proj.catch_up()
+        self._derive()
         st.push(undomod.Entry(bundle.bundle_id, bundle.hlc, bundle.causal_vc, tuple(payloads),
                            pre))
         return self._undo_result("applied", bundle.bundle_id, seq=head)
@@ -620,6 +654,7 @@ class Workspace:
         """
         report = IngestReport()
         good: list[O.Bundle] = []
+        batch_ids: set[bytes] = set()
         for rec in records:
             try:
                 b = O.open_bundle(rec, self.ws)
@@ -640,23 +675,32 @@ class Workspace:
             except (IntegrityError, ClockDriftError) as exc:
                 report.rejected.append((_bundle_id_of(rec), exc.code, exc.message))
                 continue
-            if self.storage.has_bundle(b.bundle_id) and self.storage.bundle_record(
-                b.bundle_id
-            ) == b.record:
-                report.dup.append(b.bundle_id)
+            if b.bundle_id in batch_ids:
+                report.dup.append(b.bundle_id)  # repeated within this batch
                 continue
+            batch_ids.add(b.bundle_id)
             good.append(b)
         stale_before = self.clock.now() - self.clock.stale_ms
-        for b in good:
-            try:
-                res = self.storage.append([b], origin="remote", stale_before_ms=stale_before)
-            except EquivocationError as exc:
-                report.rejected.append((b.bundle_id, exc.code, exc.message))
-                continue
-            self.clock.receive(b.hlc)
-            st = res.status[b.bundle_id]
-            (report.dup if st == "dup" else report.applied).append(b.bundle_id)
-        self.proj.catch_up()
+        # One transaction for the whole batch; an equivocating bundle aborts it, and then each
+        # bundle is appended alone so the others still land.
+        try:
+            res = self.storage.append(good, origin="remote", stale_before_ms=stale_before)
+            results = [(b, res.status[b.bundle_id]) for b in good]
+        except EquivocationError:
+            results = []
+            for b in good:
+                try:
+                    one = self.storage.append([b], origin="remote", stale_before_ms=stale_before)
+                    results.append((b, one.status[b.bundle_id]))
+                except EquivocationError as exc:
+                    report.rejected.append((b.bundle_id, exc.code, exc.message))
+        for b, st in results:
+            if st == "dup" and b.bundle_id not in report.applied:
+                report.dup.append(b.bundle_id)
+            elif st != "dup":
+                self.clock.receive(b.hlc)
+                report.applied.append(b.bundle_id)
+        self._derive()
         return attrs.evolve(report, seq=self.storage.head_seq())
 
     def ops_since(self, vc: Mapping[bytes, bytes]) -> list[list[Any]]:
@@ -712,24 +756,12 @@ class Workspace:
         return self.views.records(self.views.table(table))
 
     def get_record(self, entity: bytes | str) -> dict[str, Any]:
-        e = entity if isinstance(entity, bytes) else _parse_id(entity)
-        e = self.proj.resolve(e)
-        if not self.views.is_live(e):
-            raise NotFound(f"no record {ids.to_text(e)}", entity_id=ids.to_text(e))
-        tables = self.views.tables_of(e)
-        vals: dict[str, Any] = {}
-        conflicts: list[str] = []
-        for t in tables:
-            v, c = self.views.record_values(e, t)
-            vals.update(v)
-            conflicts += c
-        return {"id": ids.to_text(e), "tables": [t.facet for t in tables], "values": vals,
-                "conflicts": conflicts}
+        return self.views.get_record(_as_id(entity))
 
     def list_edges(self, entity: bytes | str | None = None, etype: str | None = None,
                    direction: str = "both") -> list[dict[str, Any]]:
-        e = None if entity is None else self.proj.resolve(_as_id(entity))
-        return self.views.edges(e, etype, direction)
+        return self.views.list_edges(None if entity is None else _as_id(entity), etype,
+                                     direction)
 
 
 def _owning_table(tables: Sequence[TableDef], ref: str) -> TableDef:

@@ -25,17 +25,20 @@ from openprod.core import codec, ids
 from openprod.core import ops as O
 from openprod.core.errors import OpenprodError
 from openprod.core.identity import Identity
+from openprod.engine import state
 from openprod.engine.statehash import open_conflicts
 from tests.helpers import T0, Net, Peer
 
 ORDERED = "workspace.sub"
 LINK = "workspace.link"
 TEXTS = ["a", "b", "c"]
+TABLES = ["Tasks", "People", "Orgs"]
 
 
 @contextlib.contextmanager
-def seeded_world(seed: int) -> Iterator[None]:
-    """Make ids, identities and fractional-index suffixes a function of `seed`."""
+def seeded_world(seed: int, flush_every: int) -> Iterator[None]:
+    """Make ids, identities and fractional-index suffixes a function of `seed`; flush the
+    full replay's row caches every `flush_every` ops (normally 50 000) to exercise that path."""
     rnd = random.Random(seed)
     counter = [0]
 
@@ -53,6 +56,7 @@ def seeded_world(seed: int) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ids, "new_id", new_id)
         mp.setattr(Identity, "generate", staticmethod(generate))
+        mp.setattr(state, "FLUSH_EVERY", flush_every)
         yield
 
 
@@ -79,11 +83,16 @@ class World:
             {"label": "title", "name": "title"},
             {"label": "qty", "name": "qty", "type": "integer"},
         ])
-        assert t1.facet is not None and t2.facet is not None
-        self.t1, self.t2 = t1.facet, t2.facet
+        t3 = a.create_table("Orgs", [{"label": "label", "name": "label"}])
+        assert t1.facet is not None and t2.facet is not None and t3.facet is not None
+        self.t1, self.t2, self.t3 = t1.facet, t2.facet, t3.facet
+        self.label = {self.t1: "Tasks", self.t2: "People", self.t3: "Orgs"}
         a.define_edge_type(ORDERED, "Sub", ordered=True, props={"w": "integer"})
         a.define_edge_type(LINK, "Link", props={"w": "integer"})
+        # Three text keys can form one group of three; the integers a group of two.
         self.mappings = [(f"{self.t1}.name", f"{self.t2}.title"),
+                         (f"{self.t2}.title", f"{self.t3}.label"),
+                         (f"{self.t1}.name", f"{self.t3}.label"),
                          (f"{self.t1}.n", f"{self.t2}.qty")]
         self.net.sync_all()
         self.log: list[str] = []
@@ -93,7 +102,7 @@ class World:
     @staticmethod
     def records(p: Peer, table: str | None = None) -> list[bytes]:
         out: set[bytes] = set()
-        for t in [table] if table else ["Tasks", "People"]:
+        for t in [table] if table else TABLES:
             out |= {ids.from_text(r["id"]) for r in p.list_records(t)}
         return sorted(out)
 
@@ -108,8 +117,10 @@ def _vals(data: st.DataObject, table: str) -> dict[str, Any]:
             "name": st.sampled_from(TEXTS), "n": st.integers(0, 3),
             "st": st.sampled_from(["x", "y"]), "body": st.sampled_from(["", "hi", "yo"]),
         }
-    else:
+    elif table == "People":
         pool = {"title": st.sampled_from(TEXTS), "qty": st.integers(0, 3)}
+    else:
+        pool = {"label": st.sampled_from(TEXTS)}
     keys = data.draw(st.lists(st.sampled_from(sorted(pool)), unique=True, max_size=len(pool)))
     out: dict[str, Any] = {}
     for k in keys:
@@ -125,8 +136,8 @@ def _pick(data: st.DataObject, xs: list[Any]) -> Any:
 STEPS = [
     ("sync", 6), ("create", 5), ("update", 6), ("advance", 4), ("edge", 3), ("edit_text", 2),
     ("clear", 2), ("delete", 2), ("undo", 2), ("redo", 1), ("add_to_table", 2),
-    ("reorder", 2), ("delete_edge", 1), ("edge_prop", 2), ("link", 1), ("merge", 1),
-    ("split", 1), ("mapping", 2), ("partition", 2), ("reopen", 1), ("verify", 1),
+    ("reorder", 2), ("delete_edge", 1), ("edge_prop", 2), ("link", 1), ("merge", 2),
+    ("split", 2), ("mapping", 2), ("partition", 2), ("reopen", 1), ("verify", 1),
     ("rebalance", 1),
 ]
 STEP_NAMES = [name for name, w in STEPS for _ in range(w)]
@@ -156,7 +167,7 @@ def run_step(w: World, data: st.DataObject, name: str, p: Peer) -> None:
         assert v["ok"], ("incremental state differs from a full replay", v)
         return
     if name == "create":
-        table = d(st.sampled_from(["Tasks", "People"]))
+        table = d(st.sampled_from(TABLES))
         p.create_record(table, _vals(data, table))
         return
     if name == "undo":
@@ -175,7 +186,7 @@ def run_step(w: World, data: st.DataObject, name: str, p: Peer) -> None:
         if e is None:
             return
         tables = p.get_record(e)["tables"]
-        table = "Tasks" if d(st.sampled_from(tables)) == w.t1 else "People"
+        table = w.label[d(st.sampled_from(tables))]
         vals = _vals(data, table)
         if name == "clear":
             vals = {k: None for k in vals}
@@ -202,8 +213,10 @@ def run_step(w: World, data: st.DataObject, name: str, p: Peer) -> None:
     if name == "add_to_table":
         if e is not None:
             tables = p.get_record(e)["tables"]
-            other = "People" if w.t1 in tables else "Tasks"
-            p.add_to_table(e, other, _vals(data, other))
+            others = [w.label[f] for f in (w.t1, w.t2, w.t3) if f not in tables]
+            if others:
+                other = d(st.sampled_from(others))
+                p.add_to_table(e, other, _vals(data, other))
         return
     if name in ("edge", "link"):
         if len(recs) < 1:
@@ -261,7 +274,7 @@ def summary(p: Peer) -> tuple[Any, ...]:
     recs = tuple(
         tuple((r["id"], sorted(r["values"].items()), tuple(r["conflicts"]))
               for r in p.list_records(t))
-        for t in ("Tasks", "People")
+        for t in TABLES
     )
     edges = tuple((g["id"], g["src"], g["dst"], g["index"], sorted(g["props"].items()))
                   for g in p.list_edges())
@@ -290,22 +303,31 @@ def check_converged(net: Net, peers: list[Peer]) -> None:
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                  HealthCheck.data_too_large])
-@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
-def test_random_programs_converge(data: st.DataObject, seed: int) -> None:
-    with seeded_world(seed), tempfile.TemporaryDirectory() as tmp:
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1),
+       flush_every=st.sampled_from([state.FLUSH_EVERY, 1, 7, 40]))
+def test_random_programs_converge(data: st.DataObject, seed: int, flush_every: int) -> None:
+    with seeded_world(seed, flush_every), tempfile.TemporaryDirectory() as tmp:
         n = data.draw(st.integers(2, 4), label="replicas")
         skews = data.draw(st.lists(st.integers(-2000, 2000), min_size=n, max_size=n),
                           label="skews")
         w = World(Path(tmp), n, skews)
         try:
-            n_steps = data.draw(st.integers(1, 45), label="steps")
+            for i in range(data.draw(st.integers(0, 3), label="seed records")):
+                p = w.peers[i % n]
+                e = p.create_record("Tasks", {"name": TEXTS[i % 3], "n": i}).id
+                if i % 2:
+                    p.add_to_table(e, "People", {"title": TEXTS[(i + 1) % 3]})
+            w.net.sync_all()
+            n_steps = data.draw(st.integers(3, 45), label="steps")
             for _ in range(n_steps):
                 name = data.draw(st.sampled_from(STEP_NAMES))
                 p = data.draw(st.sampled_from(w.peers))
                 w.log.append(f"{p.name}.{name}")
+                head = p.storage.head_seq()
                 try:
                     run_step(w, data, name, p)
-                    event(f"ran {name}")
+                    if p.storage.head_seq() != head:
+                        event(f"wrote {name}")
                 except OpenprodError as exc:  # a refused command writes nothing
                     w.refused += 1
                     w.log[-1] += f" refused({exc.code})"

@@ -73,7 +73,7 @@ def _check_raw(db_path: Path) -> tuple[int, int, bytes]:
     try:
         # (a) every bundle has exactly n ops with pos 0..n-1 and contiguous seqs from first_seq
         bad = list(conn.execute(
-            "SELECT b.bundle_id, b.n, count(o.seq), min(o.pos), max(o.pos),"
+            "SELECT hex(b.bundle_id), b.n, count(o.seq), min(o.pos), max(o.pos),"
             " count(DISTINCT o.pos), min(o.seq), max(o.seq), b.first_seq"
             " FROM bundles b LEFT JOIN ops o ON o.bundle_id = b.bundle_id"
             " GROUP BY b.bundle_id"

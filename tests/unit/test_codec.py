@@ -29,7 +29,8 @@ scalars = st.one_of(
 )
 trees = st.recursive(
     scalars,
-    lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=6), kids, max_size=5),
+    lambda kids: st.lists(kids, max_size=5)
+    | st.dictionaries(st.text(max_size=6), kids, max_size=5),
     max_leaves=25,
 )
 

@@ -14,10 +14,10 @@ walls = st.integers(min_value=0, max_value=2**64 - 1)
 counters = st.integers(min_value=0, max_value=hlc.MAX_COUNTER)
 
 
-def clock_at(now_ms: int, l: int = 0, c: int = 0) -> tuple[hlc.Clock, ManualClock]:
+def clock_at(now_ms: int, wall: int = 0, c: int = 0) -> tuple[hlc.Clock, ManualClock]:
     mc = ManualClock(now_ms)
     clk = hlc.Clock(mc)
-    clk.l, clk.c = l, c
+    clk.l, clk.c = wall, c
     return clk, mc
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ def test_new_id_carries_v7_bits() -> None:
 
 def test_new_ids_increase_within_a_process() -> None:
     xs = [ids.new_id() for _ in range(5000)]
-    assert all(a < b for a, b in zip(xs, xs[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(xs))
 
 
 def test_is_v7_rejects_other_versions_variants_and_types() -> None:

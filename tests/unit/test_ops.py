@@ -395,7 +395,7 @@ def test_valid_values(v: list[Any]) -> None:
     assert O.payload_problem(*with_("SetEdgeProperty", value=v)) is None
 
 
-@pytest.mark.parametrize("v", BAD_VALUES, ids=repr)
+@pytest.mark.parametrize("v", BAD_VALUES, ids=lambda v: repr(v)[:40])
 def test_bad_values(v: Any) -> None:
     assert values.value_problem(v) is not None
     assert O.payload_problem(*with_("SetField", value=v)) is not None

@@ -639,3 +639,29 @@ def test_equivocation_through_ingest_is_rejected(net: Net) -> None:
     assert a.oplog_digest() == digest
     # an exact re-delivery is a dup
     assert a.ingest(b.ops_since({})).dup != []
+
+
+def test_shared_op_id_quarantines_the_same_bundle_on_every_peer(net: Net) -> None:
+    a, b = two_peers(net)
+    c, d = net.add_peer("c"), net.add_peer("d")
+    net.sync_all()
+    shared = ids.new_id()
+    e1, e2 = ids.new_id(), ids.new_id()
+    x = O.seal(a.ws.ident, a.ws.ws, "user", [O.CreateEntity(e1)], a.ws.clock.tick_many(1),
+               a.vclock(), op_ids=[shared])
+    y = O.seal(b.ws.ident, b.ws.ws, "user", [O.CreateEntity(e2)], b.ws.clock.tick_many(1),
+               b.vclock(), op_ids=[shared])
+    loser = max((x, y), key=lambda z: z.header_hash)
+    winner_entity = e1 if loser is y else e2
+    loser_entity = e2 if loser is y else e1
+    for peer, order in ((a, [x, y]), (b, [y, x]), (c, [x, y]), (d, [y, x])):
+        for z in order:
+            net.deliver(peer, [z.record])
+        assert set(peer.storage.quarantined()) == {loser.bundle_id}, peer.name
+        assert peer.views.is_live(winner_entity) and not peer.views.is_live(loser_entity)
+    net.assert_converged()
+    # catch-up still carries the quarantined bundle, so late joiners decide alike
+    e = net.add_peer("e")
+    net.deliver(e, a.ops_since({}))
+    assert set(e.storage.quarantined()) == {loser.bundle_id}
+    net.assert_converged()

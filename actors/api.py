@@ -1,0 +1,600 @@
+"""The HTTP/WebSocket API: Quart-Trio on Hypercorn's trio worker, RPC-style JSON (spec 05 §5).
+
+Every route is declared once with `@api(...)`, which registers it with Quart and describes it in
+the OpenAPI document at `/api/openapi.json`. Requests must name this engine in Host, come from
+its own Origin when one is sent, and carry the launch token (Bearer header or the cookie the page
+gets from `/?token=`); `/`, `/static/*` and the OpenAPI document need no token. Errors are
+`{"error": {"code", "message", "details"}}` with 4xx for the caller's mistakes, 5xx for ours.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from quart import Response, redirect, request, send_from_directory, websocket
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from actors.node import Node
+from openprod.core import ids
+from openprod.core.errors import NotFound, OpenprodError, ValidationError
+from openprod.engine.views import Views
+from openprod.engine.workspace import Result, Workspace
+from openprod.storage.sqlite import digest_of
+
+log = logging.getLogger("openprod.api")
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+MAX_BODY = 16 * 1024 * 1024
+COOKIE = "openprod_token"
+AFTER_TIMEOUT_S = 30
+STATUS = {
+    "not_found": 404, "entity_deleted": 409, "entity_merged": 409, "shutting_down": 503,
+    "unauthorized": 401, "forbidden": 403, "too_large": 413, "method_not_allowed": 405,
+}
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+@attrs.frozen
+class Route:
+    path: str  # Quart syntax, e.g. /records/<id>
+    method: str
+    summary: str
+    handler: Handler
+    body: dict[str, Any] | None = None  # JSON schema of the request body
+    query: tuple[str, ...] = ()
+    command: bool = False
+
+
+ROUTES: list[Route] = []
+
+
+def api(path: str, method: str, summary: str, *, body: dict[str, Any] | None = None,
+        query: tuple[str, ...] = ()) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        ROUTES.append(Route(path, method, summary, fn, body, query, command=method == "POST"))
+        return fn
+    return deco
+
+
+def obj(required: list[str] | None = None, **props: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        d["required"] = required
+    return d
+
+
+STR, INT, BOOL, OBJ, ARR = ({"type": "string"}, {"type": "integer"}, {"type": "boolean"},
+                             {"type": "object"}, {"type": "array"})
+ID = {"type": "string", "format": "uuid"}
+
+
+class ApiError(OpenprodError):
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.code = code
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def _field(body: dict[str, Any], key: str, kind: type | tuple[type, ...], *,
+           required: bool = True) -> Any:
+    if key not in body or body[key] is None:
+        if required:
+            raise ValidationError(f"missing {key!r}", field=key)
+        return None
+    v = body[key]
+    if not isinstance(v, kind) or (isinstance(v, bool) and bool not in _tuple(kind)):
+        names = "/".join(k.__name__ for k in _tuple(kind))
+        raise ValidationError(f"{key!r} must be {names}", field=key)
+    return v
+
+
+def _tuple(k: type | tuple[type, ...]) -> tuple[type, ...]:
+    return k if isinstance(k, tuple) else (k,)
+
+
+def _id(x: str, what: str = "id") -> bytes:
+    try:
+        return ids.from_text(x)
+    except (ValueError, TypeError, AttributeError):
+        raise ValidationError(f"{what} {x!r} is not a valid id", field=what) from None
+
+
+def _result(r: Result, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"seq": r.seq}
+    if r.bundle_id is not None:
+        out["bundle_id"] = ids.to_text(r.bundle_id)
+    out.update(extra)
+    return out
+
+
+async def _command(node: Node, fn: Callable[[Workspace], Any]) -> Any:
+    return await node.current.writer.call(fn)
+
+
+async def _query(node: Node, fn: Callable[[Views], Any]) -> Any:
+    """Answer once the projections applied `after` (read-your-writes), in one snapshot."""
+    session = node.current
+    raw = request.args.get("after")
+    if raw is not None:
+        try:
+            after = int(raw)
+        except ValueError:
+            raise ValidationError("after must be an integer seq", field="after") from None
+        if after > session.writer.appended:
+            raise ValidationError(f"seq {after} has not been appended here", field="after",
+                                  head=session.writer.appended)
+        with trio.move_on_after(AFTER_TIMEOUT_S):
+            await session.deriver.wait_applied(after)
+        if session.deriver.applied < after:
+            raise ApiError("timeout", "the projection is still catching up; retry")
+    result = await session.reader.read(fn)
+    return result
+
+
+# --- routes -----------------------------------------------------------------------------------
+
+@api("/identity", "GET", "This device's identity")
+async def get_identity(node: Node, body: Any) -> dict[str, Any]:
+    return {"actor_id": node.ident.actor.hex(), "display_name": node.ident.display_name,
+            "device_name": node.ident.device_name}
+
+
+@api("/identity/update", "POST", "Change the display or device name",
+     body=obj(display_name=STR, device_name=STR))
+async def update_identity(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    name = _field(body, "display_name", str, required=False)
+    device = _field(body, "device_name", str, required=False)
+    for v in (name, device):
+        if v is not None and not 1 <= len(v.strip()) <= 100:
+            raise ValidationError("names must be 1-100 characters")
+    ident = node.ident
+    if name is not None:
+        ident.display_name = name.strip()
+    if device is not None:
+        ident.device_name = device.strip()
+    node.home.save_identity(ident)
+    r = await _command(node, lambda ws: ws.put_config("actor", ident.actor.hex(), {
+        "display_name": ident.display_name, "device_name": ident.device_name}))
+    return _result(r, display_name=ident.display_name, device_name=ident.device_name)
+
+
+@api("/workspace/list", "GET", "Workspaces on this device")
+async def list_workspaces(node: Node, body: Any) -> dict[str, Any]:
+    cur = node.session.ws_id if node.session else None
+    return {"workspaces": [{**w, "open": w["id"] == cur} for w in node.home.list_workspaces()]}
+
+
+@api("/workspace/create", "POST", "Create a workspace and open it", body=obj(["name"], name=STR))
+async def create_workspace(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    name = _field(body, "name", str)
+    ws = await trio.to_thread.run_sync(node.home.create_workspace, node.ident, name)
+    ws_id = ids.to_text(ws.ws)
+    ws.close()
+    await node.open_workspace(ws_id)
+    return {"workspace_id": ws_id, "seq": node.current.writer.appended}
+
+
+@api("/workspace/open", "POST", "Open another workspace", body=obj(["id"], id=ID))
+async def open_workspace(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    ws_id = ids.to_text(_id(_field(body, "id", str)))
+    node.home.workspace_path(ws_id)
+    await node.open_workspace(ws_id)
+    return {"workspace_id": ws_id, "seq": node.current.writer.appended}
+
+
+@api("/workspace/current", "GET", "The open workspace: id, name, seq, undo/redo availability")
+async def current_workspace(node: Node, body: Any) -> dict[str, Any]:
+    s = node.current
+    name = next((w["name"] for w in node.home.list_workspaces() if w["id"] == s.ws_id), "")
+    stack = s.ws.undo_stack
+    return {"id": s.ws_id, "name": name, "seq": s.writer.appended,
+            "can_undo": bool(stack.undo), "can_redo": bool(stack.redo),
+            "actor_id": node.ident.actor.hex(), "display_name": node.ident.display_name}
+
+
+@api("/workspace/state", "GET", "State hash and oplog digest at the current head")
+async def workspace_state(node: Node, body: Any) -> dict[str, Any]:
+    def digest(conn: Any) -> bytes:
+        meta = dict(conn.execute("SELECT k, v FROM oplog_meta"))
+        return digest_of(int(meta["count"]), int.from_bytes(bytes(meta["digest_sum"]), "big"))
+    return dict(await node.current.deriver.state(digest))
+
+
+@api("/tables/create", "POST", "Create a table with typed fields",
+     body=obj(["label"], label=STR, fields={**ARR, "items": obj(
+         ["label"], label=STR, type=STR, crdt=BOOL, options=OBJ)}))
+async def create_table(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    label = _field(body, "label", str)
+    fields = _field(body, "fields", list, required=False) or []
+    if not all(isinstance(f, dict) for f in fields):
+        raise ValidationError("each field must be an object {label, type, options}")
+    r = await _command(node, lambda ws: ws.create_table(label, fields))
+    return _result(r, table=r.facet)
+
+
+@api("/tables/add-field", "POST", "Add a field to a table",
+     body=obj(["table", "label"], table=STR, label=STR, type=STR, crdt=BOOL, options=OBJ))
+async def add_field(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    table, label = _field(body, "table", str), _field(body, "label", str)
+    ftype = _field(body, "type", str, required=False) or "text"
+    crdt = bool(_field(body, "crdt", bool, required=False))
+    options = _field(body, "options", dict, required=False)
+    r = await _command(node, lambda ws: ws.add_field(table, label, ftype, crdt_text=crdt,
+                                                     options=options))
+    return _result(r, table=r.facet)
+
+
+@api("/tables/list", "GET", "Tables and their fields", query=("after",))
+async def list_tables(node: Node, body: Any) -> dict[str, Any]:
+    tables = await _query(node, lambda v: [t.to_json() for t in v.tables()])
+    return {"tables": tables, "seq": node.current.deriver.applied}
+
+
+@api("/records/create", "POST", "Create a record", body=obj(["table"], table=STR, values=OBJ))
+async def create_record(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    table = _field(body, "table", str)
+    values = _field(body, "values", dict, required=False) or {}
+    r = await _command(node, lambda ws: ws.create_record(table, values))
+    return _result(r, id=ids.to_text(r.id))
+
+
+@api("/records/update", "POST",
+     "Set fields of one or more records in one change (null clears a field)",
+     body=obj(id=ID, table=STR, values=OBJ, updates={**ARR, "items": obj(
+         ["id", "values"], id=ID, table=STR, values=OBJ)}))
+async def update_records(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    if "updates" in body:
+        raw = _field(body, "updates", list)
+    else:
+        raw = [{"id": body.get("id"), "values": body.get("values"), "table": body.get("table")}]
+    updates = []
+    for u in raw:
+        if not isinstance(u, dict):
+            raise ValidationError("each update must be {id, values, table?}")
+        updates.append((_id(_field(u, "id", str)), _field(u, "values", dict),
+                        _field(u, "table", str, required=False)))
+    r = await _command(node, lambda ws: ws.update_records(updates))
+    return _result(r)
+
+
+@api("/records/delete", "POST", "Delete records (from one table, or entirely)",
+     body=obj(["ids"], ids={**ARR, "items": ID}, table=STR))
+async def delete_records(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    raw = _field(body, "ids", list)
+    if not raw or not all(isinstance(x, str) for x in raw):
+        raise ValidationError("ids must be a non-empty list of record ids")
+    entities = [_id(x) for x in raw]
+    table = _field(body, "table", str, required=False)
+    r = await _command(node, lambda ws: ws.delete_records(entities, table))
+    return _result(r)
+
+
+@api("/records/list", "GET", "Records of a table", query=("table", "after"))
+async def list_records(node: Node, body: Any) -> dict[str, Any]:
+    table = request.args.get("table")
+    if not table:
+        raise ValidationError("missing query parameter 'table'", field="table")
+    rows = await _query(node, lambda v: v.records(v.table(table)))
+    return {"records": rows, "seq": node.current.deriver.applied}
+
+
+@api("/records/<id>", "GET", "One record with the values of all its tables", query=("after",))
+async def get_record(node: Node, body: Any, id: str) -> dict[str, Any]:
+    e = _id(id)
+    return dict(await _query(node, lambda v: v.get_record(e)))
+
+
+@api("/edge-types/create", "POST", "Define a relationship type",
+     body=obj(["type", "label"], type=STR, label=STR, ordered=BOOL, props=OBJ))
+async def create_edge_type(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    etype, label = _field(body, "type", str), _field(body, "label", str)
+    ordered = bool(_field(body, "ordered", bool, required=False))
+    props = _field(body, "props", dict, required=False)
+    r = await _command(node, lambda ws: ws.define_edge_type(etype, label, ordered=ordered,
+                                                            props=props))
+    return _result(r)
+
+
+@api("/edge-types/list", "GET", "Relationship types", query=("after",))
+async def list_edge_types(node: Node, body: Any) -> dict[str, Any]:
+    return {"edge_types": await _query(node, lambda v: v.edge_types())}
+
+
+@api("/edges/create", "POST", "Link two records (ordered types take after/before)",
+     body=obj(["type", "src", "dst"], type=STR, src=ID, dst=ID, props=OBJ, after=ID, before=ID))
+async def create_edge(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    etype = _field(body, "type", str)
+    src, dst = _id(_field(body, "src", str), "src"), _id(_field(body, "dst", str), "dst")
+    props = _field(body, "props", dict, required=False)
+    after = _opt_id(body, "after")
+    before = _opt_id(body, "before")
+    r = await _command(node, lambda ws: ws.create_edge(etype, src, dst, props=props,
+                                                       after=after, before=before))
+    return _result(r, id=ids.to_text(r.id))
+
+
+def _opt_id(body: dict[str, Any], key: str) -> bytes | None:
+    v = _field(body, key, str, required=False)
+    return None if v is None else _id(v, key)
+
+
+@api("/edges/delete", "POST", "Remove a link", body=obj(["id"], id=ID))
+async def delete_edge(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    g = _id(_field(body, "id", str))
+    return _result(await _command(node, lambda ws: ws.delete_edge(g)))
+
+
+@api("/edges/reorder", "POST", "Move an ordered link between its new neighbours",
+     body=obj(["id"], id=ID, after=ID, before=ID))
+async def reorder_edge(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    g = _id(_field(body, "id", str))
+    after, before = _opt_id(body, "after"), _opt_id(body, "before")
+    return _result(await _command(node, lambda ws: ws.reorder_edge(g, after=after,
+                                                                   before=before)))
+
+
+@api("/edges/list", "GET", "Links of a record (or all), ordered ones in order",
+     query=("entity", "type", "direction", "after"))
+async def list_edges(node: Node, body: Any) -> dict[str, Any]:
+    raw = request.args.get("entity")
+    e = _id(raw, "entity") if raw else None
+    etype = request.args.get("type")
+    direction = request.args.get("direction", "both")
+    return {"edges": await _query(node, lambda v: v.list_edges(e, etype, direction))}
+
+
+@api("/undo", "POST", "Undo this user's last change (applied, skipped or empty)", body=obj())
+async def undo(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    r = await _command(node, lambda ws: ws.undo())
+    out = dict(r.to_json())
+    out["seq"] = r.seq if r.seq is not None else node.current.writer.appended
+    return out
+
+
+@api("/redo", "POST", "Redo the last undone change", body=obj())
+async def redo(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    r = await _command(node, lambda ws: ws.redo())
+    out = dict(r.to_json())
+    out["seq"] = r.seq if r.seq is not None else node.current.writer.appended
+    return out
+
+
+# --- the app ----------------------------------------------------------------------------------
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, bytes):
+        return ids.to_text(x) if len(x) == 16 else x.hex()
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | set):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(_json_safe(data)), status=status,
+                    content_type="application/json")
+
+
+def openapi() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for r in ROUTES:
+        oa_path = r.path.replace("<", "{").replace(">", "}")
+        op: dict[str, Any] = {
+            "summary": r.summary, "operationId": r.handler.__name__,
+            "security": [{"bearer": []}, {"cookie": []}],
+            "responses": {
+                "200": {"description": "OK", "content": {"application/json": {"schema": OBJ}}},
+                "4XX": {"description": "The caller's mistake: {error: {code, message, details}}"},
+            },
+        }
+        params: list[dict[str, Any]] = [
+            {"name": q, "in": "query", "schema": INT if q == "after" else STR} for q in r.query
+        ]
+        params += [{"name": p.strip("<>"), "in": "path", "required": True, "schema": STR}
+                   for p in r.path.split("/") if p.startswith("<")]
+        if params:
+            op["parameters"] = params
+        if r.method == "POST":
+            op["requestBody"] = {"required": True, "content": {
+                "application/json": {"schema": r.body or obj()}}}
+        paths.setdefault(oa_path, {})[r.method.lower()] = op
+    paths["/"] = {"get": {"summary": "The web UI (trades ?token= for a session cookie)",
+                          "security": [], "responses": {"200": {"description": "HTML"}}}}
+    paths["/api/openapi.json"] = {"get": {"summary": "This document", "security": [],
+                                          "responses": {"200": {"description": "OpenAPI"}}}}
+    paths["/static/{path}"] = {"get": {"summary": "Web UI assets", "security": [],
+                                       "parameters": [{"name": "path", "in": "path",
+                                                       "required": True, "schema": STR}],
+                                       "responses": {"200": {"description": "a file"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "openprod engine API", "version": "1",
+                 "description": "RPC-style JSON. Commands return {seq}; queries accept "
+                                "after=<seq>. WebSocket /events streams change events."},
+        "components": {"securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "cookie": {"type": "apiKey", "in": "cookie", "name": COOKIE}}},
+        "paths": paths,
+        "x-websocket": {"/events": "events: records_changed {table, entity_ids, seq}, "
+                        "tables_changed {seq}, resync, workspace_opened; ?since=<event_id> "
+                        "replays what a reconnecting client missed"},
+    }
+
+
+def create_app(node: Node) -> QuartTrio:
+    app = QuartTrio("openprod", static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+
+    def allowed_hosts() -> set[str]:
+        return {f"127.0.0.1:{node.port}", f"localhost:{node.port}"}
+
+    def check_origin(headers: Any, host: str) -> None:
+        if host not in allowed_hosts():
+            raise ApiError("forbidden", f"Host {host!r} is not this engine",
+                           allowed=sorted(allowed_hosts()))
+        origin = headers.get("Origin")
+        if origin is not None and origin not in {f"http://{h}" for h in allowed_hosts()}:
+            raise ApiError("forbidden", f"Origin {origin!r} is not this engine")
+
+    def authorized(headers: Any, cookies: Any) -> bool:
+        auth = headers.get("Authorization", "")
+        given = auth[7:] if auth.startswith("Bearer ") else cookies.get(COOKIE, "")
+        return bool(given) and secrets.compare_digest(given, node.token)
+
+    open_paths = ("/", "/api/openapi.json")
+
+    @app.before_request
+    async def guard() -> None:
+        check_origin(request.headers, request.host)
+        if request.path in open_paths or request.path.startswith("/static/"):
+            return
+        if not authorized(request.headers, request.cookies):
+            raise ApiError("unauthorized", "missing or wrong launch token; open the URL that "
+                           "`openprod serve` printed")
+
+    @app.errorhandler(OpenprodError)
+    async def domain_error(exc: OpenprodError) -> Response:
+        status = STATUS.get(exc.code, 400)
+        return json_response(error_body(exc.code, exc.message, exc.details), status)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.code or 400, "bad_request")
+        msg = {413: f"request body exceeds {MAX_BODY} bytes"}.get(exc.code or 400,
+                                                                  exc.description or "")
+        return json_response(error_body(code, msg), exc.code or 400)
+
+    @app.errorhandler(Exception)
+    async def internal_error(exc: Exception) -> Response:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return json_response(error_body("internal", "internal error; see the engine log"), 500)
+
+    @app.route("/")
+    async def index() -> Any:
+        token = request.args.get("token")
+        if token is not None:
+            if not secrets.compare_digest(token, node.token):
+                raise ApiError("unauthorized", "this link's token is not valid for this "
+                               "launch of the engine")
+            resp = redirect("/", 303)
+            resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict")
+            return resp
+        return await send_from_directory(WEB_DIR, "index.html")
+
+    @app.route("/static/<path:path>")
+    async def static_file(path: str) -> Any:
+        return await send_from_directory(WEB_DIR, path)
+
+    @app.route("/api/openapi.json")
+    async def openapi_doc() -> Response:
+        return json_response(openapi())
+
+    for r in ROUTES:
+        app.add_url_rule(r.path, endpoint=r.handler.__name__, view_func=_wrap(node, r),
+                         methods=[r.method])
+
+    @app.websocket("/events")
+    async def events() -> None:
+        try:
+            check_origin(websocket.headers, websocket.host)
+        except ApiError:
+            await websocket.close(1008)
+            return
+        if not authorized(websocket.headers, websocket.cookies) and not (
+            websocket.args.get("token") and secrets.compare_digest(
+                websocket.args.get("token", ""), node.token)
+        ):
+            await websocket.close(1008)
+            return
+        await websocket.accept()
+        since_raw = websocket.args.get("since")
+        since = int(since_raw) if since_raw and since_raw.isdigit() else None
+        sub, backlog = node.hub.subscribe(since)
+        try:
+            await websocket.send(json.dumps({"type": "hello", "event_id": node.hub.last_id,
+                                             "workspace_id": node.info()["workspace_id"]}))
+            for ev in backlog:
+                await websocket.send(json.dumps(ev))
+            async with trio.open_nursery() as n:
+                n.start_soon(_drain_client, n.cancel_scope)
+
+                async def close_on_shutdown() -> None:
+                    await node.shutdown.wait()
+                    await websocket.close(1001)
+                    n.cancel_scope.cancel()
+                n.start_soon(close_on_shutdown)
+                async for ev in sub.recv:
+                    await websocket.send(json.dumps(ev))
+                if sub.overflowed:
+                    await websocket.send(json.dumps({"type": "resync",
+                                                     "event_id": node.hub.last_id}))
+                n.cancel_scope.cancel()
+        finally:
+            sub.close()
+
+    return app
+
+
+async def _drain_client(scope: trio.CancelScope) -> None:
+    """Read (and ignore) client frames; when the client goes away, end the handler."""
+    try:
+        while True:
+            await websocket.receive()
+    finally:
+        scope.cancel()
+
+
+def _wrap(node: Node, r: Route) -> Callable[..., Awaitable[Response]]:
+    async def view(**params: Any) -> Response:
+        body: Any = None
+        if r.method == "POST":
+            raw = await request.get_data()
+            try:
+                body = json.loads(raw or b"{}")
+            except (ValueError, UnicodeDecodeError):
+                raise ApiError("malformed_json", "the request body is not valid JSON") from None
+            if not isinstance(body, dict):
+                raise ValidationError("the request body must be a JSON object")
+        return json_response(await r.handler(node, body, **params))
+    view.__name__ = r.handler.__name__
+    return view
+
+
+async def serve_api(node: Node, host: str, port: int, *,
+                    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    app = create_app(node)
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.graceful_timeout = 5
+
+    async def started(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+                      ) -> None:
+        await serve(app, config, shutdown_trigger=node.shutdown.wait, task_status=task_status)
+
+    async with trio.open_nursery() as n:
+        binds: list[str] = await n.start(started)
+        url = binds[0]
+        node.port = int(url.rsplit(":", 1)[1])
+        task_status.started([url.replace("0.0.0.0", "127.0.0.1")])
+
+
+__all__ = ["ROUTES", "NotFound", "create_app", "openapi", "serve_api"]

@@ -1,0 +1,157 @@
+"""The engine's home directory: identity, engine lock, launch token and workspace folders.
+
+Layout (spec 03 §2): `<home>/identity.json` (0600), `<home>/engine.lock`, `<home>/api-token`
+(0600, this launch's token), `<home>/workspaces/<ws>/` (0700) holding `workspace.toml` and
+`oplog.db`, and `<home>/node.json` remembering the last opened workspace.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import sys
+import tomllib
+from pathlib import Path
+from typing import IO, Any
+
+from openprod.core import identity as identmod
+from openprod.core import ids
+from openprod.core.errors import NotFound, OpenprodError, ValidationError
+from openprod.engine.workspace import OPLOG_FILE, Workspace
+
+
+class HomeError(OpenprodError):
+    code = "home"
+
+
+def default_home() -> Path:
+    env = os.environ.get("OPENPROD_HOME")
+    if env:
+        return Path(env)
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "openprod"
+    if sys.platform == "win32":  # pragma: no cover - not a supported test platform
+        return Path(os.environ.get("APPDATA", str(Path.home()))) / "openprod"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "openprod"
+
+
+def _toml_str(s: str) -> str:
+    return json.dumps(s)  # a JSON string literal is a valid TOML basic string
+
+
+class Home:
+    def __init__(self, path: Path) -> None:
+        self.path = path.expanduser().resolve()
+        self._lock: IO[bytes] | None = None
+
+    # --- setup -------------------------------------------------------------------------------
+    def ensure(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.path, 0o700)
+            (self.path / "workspaces").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise HomeError(f"cannot use {self.path} as the data directory: {exc.strerror}",
+                            path=str(self.path)) from exc
+
+    def identity(self, display_name: str = "") -> identmod.Identity:
+        return identmod.load_or_create(self.path, display_name)
+
+    def save_identity(self, ident: identmod.Identity) -> None:
+        """Persist a changed display or device name (the key itself never changes)."""
+        identmod.save(self.path, ident)
+
+    def lock(self) -> None:
+        """One engine per home, so two processes never sign as one actor (spec 03 §1)."""
+        f = open(self.path / "engine.lock", "a+b")  # noqa: SIM115 - held for the process life
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise HomeError(f"another openprod engine is already running on {self.path}",
+                            path=str(self.path)) from None
+        self._lock = f
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def new_token(self) -> str:
+        token = secrets.token_urlsafe(32)
+        path = self.path / "api-token"
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        os.replace(tmp, path)
+        return token
+
+    def read_token(self) -> str:
+        return (self.path / "api-token").read_text().strip()
+
+    # --- workspaces --------------------------------------------------------------------------
+    def workspace_dir(self, ws_id: str) -> Path:
+        return self.path / "workspaces" / ws_id
+
+    def list_workspaces(self) -> list[dict[str, Any]]:
+        out = []
+        root = self.path / "workspaces"
+        for d in sorted(root.iterdir()) if root.exists() else []:
+            meta = d / "workspace.toml"
+            if not meta.exists() or not (d / OPLOG_FILE).exists():
+                continue
+            try:
+                doc = tomllib.loads(meta.read_text())
+            except (tomllib.TOMLDecodeError, OSError):
+                continue
+            out.append({"id": d.name, "name": doc.get("name", d.name),
+                        "state": doc.get("state", "active"), "path": str(d)})
+        return out
+
+    def create_workspace(self, ident: identmod.Identity, name: str) -> Workspace:
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise ValidationError("a workspace needs a name of 1-200 characters")
+        ws_id = ids.new_id()
+        path = self.workspace_dir(ids.to_text(ws_id))
+        ws = Workspace.create(path, ident, name.strip(), ws=ws_id)
+        (path / "workspace.toml").write_text(
+            f"name = {_toml_str(name.strip())}\nstate = \"active\"\n\n[sync]\nenabled = true\n"
+        )
+        self.set_last(ids.to_text(ws_id))
+        return ws
+
+    def workspace_path(self, ws_id: str) -> Path:
+        path = self.workspace_dir(ws_id)
+        if "/" in ws_id or not (path / OPLOG_FILE).exists():
+            raise NotFound(f"no workspace {ws_id!r} in {self.path}", workspace=ws_id)
+        return path
+
+    def set_last(self, ws_id: str) -> None:
+        (self.path / "node.json").write_text(json.dumps({"last_workspace": ws_id}))
+
+    def last(self) -> str | None:
+        try:
+            doc = json.loads((self.path / "node.json").read_text())
+        except (OSError, ValueError):
+            return None
+        last = doc.get("last_workspace")
+        return last if isinstance(last, str) else None
+
+    def default_workspace(self, ident: identmod.Identity) -> str:
+        """The last opened workspace, else the first one, else a new 'My Workspace'."""
+        known = {w["id"] for w in self.list_workspaces()}
+        last = self.last()
+        if last is not None and last in known:
+            return last
+        if known:
+            first: str = sorted(known)[0]
+            self.set_last(first)
+            return first
+        ws = self.create_workspace(ident, "My Workspace")
+        ws_id = ids.to_text(ws.ws)
+        ws.close()
+        return ws_id

@@ -1,0 +1,81 @@
+"""OplogWriter: the sole writer of the ops tables; serialises every command and every ingest.
+
+Before running a command it waits until the StateDeriver has applied everything it appended, so
+validation reads its own writes; each command runs in a worker thread inside one read snapshot of
+the derived tables, then `Appended(seq)` wakes the projections. An in-flight command always
+finishes (worker threads are not abandoned); after `close()` new commands are refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import outcome
+import trio
+
+from actors.messages import Call
+from actors.state_deriver import StateDeriver
+from openprod.core.errors import OpenprodError
+from openprod.engine.workspace import Workspace
+
+T = TypeVar("T")
+QUEUE = 64
+
+
+class ShuttingDown(OpenprodError):
+    code = "shutting_down"
+
+
+class OplogWriter:
+    def __init__(self, ws: Workspace, deriver: StateDeriver) -> None:
+        self.ws = ws
+        self.deriver = deriver
+        self._send, self._recv = trio.open_memory_channel[Call](QUEUE)
+        self._limiter = trio.CapacityLimiter(1)
+        self.appended = ws.storage.head_seq()
+        self.closing = False
+
+    async def call(self, fn: Callable[[Workspace], T], label: str = "") -> T:
+        """Run fn(workspace) on the writer and return its result (or raise its error)."""
+        if self.closing:
+            raise ShuttingDown("the node is shutting down; try again after restart")
+        reply_send, reply_recv = trio.open_memory_channel[outcome.Outcome[Any]](1)
+        try:
+            await self._send.send(Call(fn, reply_send, label))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ShuttingDown("the node is shutting down; try again after restart") from None
+        async with reply_recv:
+            result: outcome.Outcome[T] = await reply_recv.receive()
+        return result.unwrap()
+
+    def close(self) -> None:
+        self.closing = True
+        self._send.close()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                  ) -> None:
+        task_status.started()
+        async with self._recv:
+            async for msg in self._recv:
+                await self.deriver.wait_applied(self.appended)
+                result = await trio.to_thread.run_sync(self._run, msg.fn, limiter=self._limiter)
+                head = self.ws.storage.head_seq()
+                if head > self.appended:
+                    self.appended = head
+                    self.deriver.notify(head)
+                with trio.CancelScope(shield=True):
+                    # the caller may have gone away; the command still happened
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await msg.reply.send(result)
+                    msg.reply.close()
+
+    def _run(self, fn: Callable[[Workspace], Any]) -> outcome.Outcome[Any]:
+        conn = self.ws.proj.conn
+        conn.execute("BEGIN")  # one consistent snapshot of the derived tables for validation
+        try:
+            result: outcome.Outcome[Any] = outcome.capture(fn, self.ws)
+            return result
+        finally:
+            conn.execute("COMMIT")

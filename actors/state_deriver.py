@@ -1,0 +1,94 @@
+"""StateDeriver: owns the state projection and its connection; applies what the writer appended.
+
+It wakes on `Appended(seq)`, catches up in a worker thread (one SQLite transaction per batch, never
+awaiting inside it), publishes "applied up to N" to waiters (read-your-writes) and turns what
+changed into `records_changed` / `tables_changed` events.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from actors.events import EventHub
+from openprod.core import ids
+from openprod.engine.state import StateProjection
+from openprod.engine.statehash import compute as compute_state_hash
+from openprod.storage import db
+
+
+class StateDeriver:
+    def __init__(self, oplog_path: Path, hub: EventHub) -> None:
+        self.proj = StateProjection(db.connect(oplog_path, synchronous="NORMAL"))
+        self.proj.track_changes = True
+        self.hub = hub
+        self.applied = self.proj.checkpoint
+        self._target = self.applied
+        self._wake = trio.Event()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._limiter = trio.CapacityLimiter(1)
+
+    def notify(self, seq: int) -> None:
+        """Called by the writer (same thread as trio) after each append."""
+        if seq > self._target:
+            self._target = seq
+            self._wake.set()
+
+    async def wait_applied(self, seq: int) -> None:
+        while self.applied < seq:
+            await self._lot.park()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                  ) -> None:
+        task_status.started()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                changes = await trio.to_thread.run_sync(self._catch_up, limiter=self._limiter)
+                self.applied = changes["seq"]
+                self._lot.unpark_all()
+                self._publish(changes)
+        finally:
+            self.proj.conn.close()
+
+    def _catch_up(self) -> dict[str, Any]:
+        proj = self.proj
+        proj.touched.clear()
+        proj.schema_changed = False
+        replays = proj.replays
+        seq = proj.catch_up()
+        touched = sorted(proj.touched)
+        by_table: dict[str, list[str]] = {}
+        if touched and proj.replays == replays:
+            for start in range(0, len(touched), 500):
+                chunk = touched[start:start + 500]
+                q = ",".join("?" * len(chunk))
+                for facet, e in proj.conn.execute(
+                    f"SELECT facet, entity FROM facets WHERE entity IN ({q})", chunk
+                ):
+                    by_table.setdefault(facet, []).append(ids.to_text(bytes(e)))
+        return {"seq": seq, "tables": proj.schema_changed, "by_table": by_table,
+                "replayed": proj.replays != replays}
+
+    def _publish(self, ch: dict[str, Any]) -> None:
+        seq = ch["seq"]
+        if ch["replayed"]:
+            self.hub.publish({"type": "resync", "seq": seq})
+            return
+        if ch["tables"]:
+            self.hub.publish({"type": "tables_changed", "seq": seq})
+        for table, entity_ids in sorted(ch["by_table"].items()):
+            self.hub.publish({"type": "records_changed", "table": table,
+                              "entity_ids": sorted(entity_ids), "seq": seq})
+
+    async def state(self, oplog_digest_of: Any) -> dict[str, Any]:
+        """The state hash at the current head (computed once the projection reached it)."""
+        def compute() -> dict[str, Any]:
+            self.proj.catch_up()
+            digest = oplog_digest_of(self.proj.conn)
+            return {"state_hash": compute_state_hash(self.proj.conn, digest).hex(),
+                    "oplog_digest": digest.hex(), "seq": self.proj.checkpoint}
+        return await trio.to_thread.run_sync(compute, limiter=self._limiter)
