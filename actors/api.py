@@ -462,7 +462,7 @@ def create_app(node: Node) -> QuartTrio:
 
     @app.before_request
     async def guard() -> None:
-        check_origin(request.headers, request.host)
+        check_origin(request.headers, request.headers.get("Host", ""))
         if request.path in open_paths or request.path.startswith("/static/"):
             return
         if not authorized(request.headers, request.cookies):
@@ -514,7 +514,7 @@ def create_app(node: Node) -> QuartTrio:
     @app.websocket("/events")
     async def events() -> None:
         try:
-            check_origin(websocket.headers, websocket.host)
+            check_origin(websocket.headers, websocket.headers.get("Host", ""))
         except ApiError:
             await websocket.close(1008)
             return

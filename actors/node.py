@@ -81,6 +81,10 @@ class Node:
         self.url = ""
         self.port = 0
 
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Run sessions in this nursery (tests drive the API in-process without Hypercorn)."""
+        self._nursery = nursery
+
     @property
     def current(self) -> Session:
         if self.session is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import random
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +232,18 @@ def run_step(w: World, data: st.DataObject, name: str, p: Peer) -> None:
         kw = {} if where == "end" or anchor is None else {where: anchor}
         p.create_edge(ORDERED, src, dst, props=props, **kw)
         return
+    if name == "merge":
+        if len(recs) >= 2:
+            a, b = d(st.lists(st.sampled_from(recs), min_size=2, max_size=2, unique=True))
+            p.merge(a, b)
+        return
+    if name == "split":
+        multi = [x for x in recs if len(p.get_record(x)["tables"]) >= 2]
+        x = _pick(data, multi)
+        if x is not None:
+            tables = p.get_record(x)["tables"]
+            p.split(x, d(st.lists(st.sampled_from(tables), min_size=1, unique=True)))
+        return
     edges = w.edges(p, ORDERED) + (w.edges(p, LINK) if name != "reorder" else [])
     g = _pick(data, edges)
     if g is None:
@@ -250,15 +262,6 @@ def run_step(w: World, data: st.DataObject, name: str, p: Peer) -> None:
         p.delete_edge(gid)
     elif name == "edge_prop":
         p.set_edge_property(gid, "w", d(st.none() | st.integers(0, 2)))
-    elif name == "merge":
-        if len(recs) >= 2:
-            a, b = d(st.lists(st.sampled_from(recs), min_size=2, max_size=2, unique=True))
-            p.merge(a, b)
-    elif name == "split":
-        multi = [x for x in recs if len(p.get_record(x)["tables"]) >= 2]
-        x = _pick(data, multi)
-        if x is not None:
-            p.split(x, [d(st.sampled_from(p.get_record(x)["tables"]))])
 
 
 def all_bundles(peers: list[Peer]) -> list[list[Any]]:
@@ -347,7 +350,8 @@ def test_random_programs_converge(data: st.DataObject, seed: int, flush_every: i
                     pos += size
                 fresh.append(f)
             w.net.sync_all(w.peers)
-            event(f"full replays during the program: {min(sum(p.proj.replays for p in w.peers), 5)}")
+            replays = min(sum(p.proj.replays for p in w.peers), 5)
+            event(f"full replays during the program: {replays}")
             check_converged(w.net, w.peers + fresh)
         finally:
             for p in w.net.peers:

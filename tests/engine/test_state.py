@@ -27,7 +27,6 @@ from openprod.core.errors import ValidationError
 from openprod.core.identity import Identity
 from openprod.engine import state
 from openprod.engine.state import StateProjection
-from openprod.engine.statehash import open_conflicts
 from openprod.storage import sqlite as oplog
 from openprod.storage.sqlite import SqliteStorage
 from tests.helpers import T0, Net, Peer
@@ -382,7 +381,7 @@ def test_a_late_old_write_seen_by_newer_ones_does_not_become_a_tip(net: Net) -> 
     assert w1 and w2 and w3
     r1, r2, r3 = (a.storage.bundle_record(w1), b.storage.bundle_record(w2),
                   c.storage.bundle_record(w3))
-    in_order = replica(net, "in_order", base + [r1, r2, r3])
+    in_order = replica(net, "in_order", [*base, r1, r2, r3])
     late = replica(net, "late", base)
     for r in (r3, r2, r1):  # w1 arrives last, after the write that saw it
         net.deliver(late, [r])

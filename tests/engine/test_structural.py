@@ -264,7 +264,7 @@ def test_merge_chains_resolve_transitively(net: Net) -> None:
 
 
 def test_partitions_merging_the_same_pair_converge(net: Net) -> None:
-    (a, b), t1, _ = setup(net)
+    (a, b), _, _ = setup(net)
     x = a.create_record("Tasks", {"name": "x"}).id
     y = a.create_record("Tasks", {"name": "y"}).id
     net.sync_all()
@@ -472,7 +472,7 @@ def _fresh_in_order(net: Net, name: str, peers: list[Peer]) -> Peer:
 
 
 def test_a_late_define_field_forces_a_full_replay_and_converges(net: Net) -> None:
-    (a, b), t1, _ = setup(net)
+    (a, b), _, _ = setup(net)
     e = a.create_record("Tasks", {"name": "x"}).id
     net.sync_all()
     b.clock.advance(60_000)  # b runs ahead; a's schema change will be older than b's writes
@@ -511,7 +511,7 @@ def test_a_late_mapping_forces_a_full_replay_and_converges(net: Net) -> None:
 
 
 def test_late_ordinary_writes_apply_incrementally_without_a_replay(net: Net) -> None:
-    (a, b), t1, _ = setup(net)
+    (a, b), _, _ = setup(net)
     e = a.create_record("Tasks", {"name": "x"}).id
     net.sync_all()
     b.clock.advance(60_000)
