@@ -40,6 +40,7 @@ AFTER_TIMEOUT_S = 30
 STATUS = {
     "not_found": 404, "entity_deleted": 409, "entity_merged": 409, "shutting_down": 503,
     "unauthorized": 401, "forbidden": 403, "too_large": 413, "method_not_allowed": 405,
+    "timeout": 503,
 }
 
 Handler = Callable[..., Awaitable[Any]]

@@ -44,8 +44,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         try:
             trio.run(main)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE or "address already in use" in str(exc).lower():
+        except (OSError, ExceptionGroup) as exc:
+            if _addr_in_use(exc):
                 print(f"openprod: port {args.port} is already in use; choose another with "
                       "--port N (or --port 0 for any free port)", file=sys.stderr)
                 return 2
@@ -54,6 +54,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     finally:
         home.unlock()
+
+
+def _addr_in_use(exc: BaseException) -> bool:
+    """The bind failed because the port is taken (trio wraps it in exception groups)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_addr_in_use(e) for e in exc.exceptions)
+    return isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE
 
 
 def cmd_init(args: argparse.Namespace) -> int:

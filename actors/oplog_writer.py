@@ -58,18 +58,38 @@ class OplogWriter:
                   ) -> None:
         task_status.started()
         async with self._recv:
-            async for msg in self._recv:
-                await self.deriver.wait_applied(self.appended)
-                result = await trio.to_thread.run_sync(self._run, msg.fn, limiter=self._limiter)
-                head = self.ws.storage.head_seq()
-                if head > self.appended:
-                    self.appended = head
-                    self.deriver.notify(head)
-                with trio.CancelScope(shield=True):
-                    # the caller may have gone away; the command still happened
-                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                        await msg.reply.send(result)
-                    msg.reply.close()
+            try:
+                async for msg in self._recv:
+                    await self.deriver.wait_applied(self.appended)
+                    result = await trio.to_thread.run_sync(self._run, msg.fn,
+                                                           limiter=self._limiter)
+                    head = self.ws.storage.head_seq()
+                    if head > self.appended:
+                        self.appended = head
+                        self.deriver.notify(head)
+                    with trio.CancelScope(shield=True):
+                        # the caller may have gone away; the command still happened
+                        with contextlib.suppress(trio.BrokenResourceError,
+                                                 trio.ClosedResourceError):
+                            await msg.reply.send(result)
+                        msg.reply.close()
+            finally:
+                self._refuse_queued()
+
+    def _refuse_queued(self) -> None:
+        """Commands still queued when the writer stops get ShuttingDown (never a silent hang)."""
+        self.closing = True
+        while True:
+            try:
+                msg = self._recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            refused: outcome.Outcome[Any] = outcome.Error(
+                ShuttingDown("the node is shutting down; try again after restart"))
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError,
+                                     trio.ClosedResourceError):
+                msg.reply.send_nowait(refused)
+            msg.reply.close()
 
     def _run(self, fn: Callable[[Workspace], Any]) -> outcome.Outcome[Any]:
         conn = self.ws.proj.conn

@@ -14,8 +14,10 @@ table with a few fields and one record per client through the HTTP API, then mea
                      the `records_changed` event naming that table and record (300 edits, one at
                      a time, at --scale 1). Targets: p50 < 20 ms, p99 < 100 ms.
 
-Each phase is preceded by a few untimed warm-up requests. The engine is stopped with SIGTERM at
-the end and its exit code is reported. Prints ONE JSON object on stdout (progress on stderr).
+The update phases also report the CPU seconds used by the engine (from /proc, Linux only) and
+by this client during the timed loop. Each phase is preceded by a few untimed warm-up requests.
+The engine is stopped with SIGTERM at the end and its exit code is reported. Prints ONE JSON
+object on stdout (progress on stderr).
 
 Usage: python bench/api.py [--scale 1.0] [--clients 20] [--dir DIR]
                            [--profile FILE.prof]   (run the engine under cProfile; event-loop
@@ -236,6 +238,32 @@ def pct(sorted_ms: list[float], p: float) -> float:
     return sorted_ms[k]
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by the engine and by this client process during a phase."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.engine0 = cpu_seconds(pid)
+        self.client0 = time.process_time()
+
+    def figures(self, wall_s: float) -> dict[str, Any]:
+        engine1 = cpu_seconds(self.pid)
+        out: dict[str, Any] = {"client_cpu_s": round(time.process_time() - self.client0, 3)}
+        if self.engine0 is not None and engine1 is not None:
+            out["engine_cpu_s"] = round(engine1 - self.engine0, 3)
+            out["engine_cpu_util"] = round((engine1 - self.engine0) / wall_s, 2)
+        return out
+
+
 def summary(lat_s: list[float], wall_s: float | None = None) -> dict[str, Any]:
     ms = sorted(x * 1000 for x in lat_s)
     out: dict[str, Any] = {
@@ -283,7 +311,7 @@ async def client_loop(http: Http, table: str, record: str, n: int, lat: list[flo
         lat.append(time.perf_counter() - t0)
 
 
-async def update_phase(port: int, token: str, table: str, records: list[str],
+async def update_phase(pid: int, port: int, token: str, table: str, records: list[str],
                        per_client: int) -> dict[str, Any]:
     clients = [Http(port, token) for _ in records]
     try:
@@ -293,12 +321,14 @@ async def update_phase(port: int, token: str, table: str, records: list[str],
             for c, rec in zip(clients, records, strict=True):
                 n.start_soon(client_loop, c, table, rec, max(1, WARMUP // len(records)), [])
         lat: list[float] = []
+        cpu = CpuMeter(pid)
         t0 = time.perf_counter()
         async with trio.open_nursery() as n:
             for c, rec in zip(clients, records, strict=True):
                 n.start_soon(client_loop, c, table, rec, per_client, lat, 1000)
         wall = time.perf_counter() - t0
         out = summary(lat, wall)
+        out.update(cpu.figures(wall))
         out["clients"] = len(clients)
         out["requests_per_client"] = per_client
         return out
@@ -371,10 +401,11 @@ async def run(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
         log(f"engine on port {port}; creating a table and {args.clients + 1} records")
         table, records = await setup(port, token, args.clients + 1)
         log(f"1 client x {n1} updates")
-        one = await update_phase(port, token, table, records[:1], n1)
+        one = await update_phase(engine.proc.pid, port, token, table, records[:1], n1)
         log(f"  p50 {one['p50_ms']} ms, p99 {one['p99_ms']} ms, {one['throughput_rps']} req/s")
         log(f"{args.clients} clients x {nper} updates")
-        many = await update_phase(port, token, table, records[1:args.clients + 1], nper)
+        many = await update_phase(engine.proc.pid, port, token, table,
+                                  records[1:args.clients + 1], nper)
         log(f"  p50 {many['p50_ms']} ms, p99 {many['p99_ms']} ms, "
             f"{many['throughput_rps']} req/s")
         log(f"edit-to-event x {nedits}")

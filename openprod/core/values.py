@@ -140,7 +140,9 @@ def check_value(v: object) -> Value:
 def from_user(ftype: str, x: Any, *, choices: list[str] | None = None) -> Value:
     """Convert a user (JSON) value to the canonical value of a field of type ftype."""
     def bad(why: str) -> ValidationError:
-        return ValidationError(f"{why} for a {ftype} field", ftype=ftype, value=repr(x)[:200])
+        article = "an" if ftype[:1] in "aeiou" else "a"
+        return ValidationError(f"{why} for {article} {ftype} field", ftype=ftype,
+                               value=repr(x)[:200])
 
     if ftype == "text":
         if type(x) is not str:

@@ -43,10 +43,11 @@ class Rows:
             return self.cache[key]
         except KeyError:
             pass
+        if self.fresh and key[self.owner] not in self.flushed_owners:
+            return None  # known absent; not cached, so a replay's caches hold only real rows
         row: Row | None = None
-        if not self.fresh or key[self.owner] in self.flushed_owners:
-            for r in self.conn.execute(self._select, key):
-                row = tuple(r)
+        for r in self.conn.execute(self._select, key):
+            row = tuple(r)
         self.cache[key] = row
         return row
 

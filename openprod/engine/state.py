@@ -149,10 +149,11 @@ class _TipRows(Rows):
             return self.cache[key]
         except KeyError:
             pass
+        if self.fresh and key[self.owner] not in self.flushed_owners:
+            return None  # known absent during a replay; not cached
         row: tuple[Any, ...] | None = None
-        if not self.fresh or key[self.owner] in self.flushed_owners:
-            for (blob,) in self.conn.execute(self._select, key):
-                row = (cbor2.loads(blob),)
+        for (blob,) in self.conn.execute(self._select, key):
+            row = (cbor2.loads(blob),)
         self.cache[key] = row
         return row
 

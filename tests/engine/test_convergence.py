@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import random
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from openprod.core import codec, ids
 from openprod.core import ops as O
 from openprod.core.errors import OpenprodError
 from openprod.core.identity import Identity
-from openprod.engine import state
+from openprod.engine import crdt, state
 from openprod.engine.statehash import open_conflicts
 from tests.helpers import T0, Net, Peer
 
@@ -138,7 +138,7 @@ STEPS = [
     ("clear", 2), ("delete", 2), ("undo", 2), ("redo", 1), ("add_to_table", 2),
     ("reorder", 2), ("delete_edge", 1), ("edge_prop", 2), ("link", 1), ("merge", 2),
     ("split", 2), ("mapping", 2), ("partition", 2), ("reopen", 1), ("verify", 1),
-    ("rebalance", 1),
+    ("rebalance", 1), ("inject", 2),
 ]
 STEP_NAMES = [name for name, w in STEPS for _ in range(w)]
 
@@ -232,6 +232,9 @@ def run_step(w: World, data: st.DataObject, name: str, p: Peer) -> None:
         kw = {} if where == "end" or anchor is None else {where: anchor}
         p.create_edge(ORDERED, src, dst, props=props, **kw)
         return
+    if name == "inject":
+        inject(w, data, p)
+        return
     if name == "merge":
         if len(recs) >= 2:
             a, b = d(st.lists(st.sampled_from(recs), min_size=2, max_size=2, unique=True))
@@ -262,6 +265,51 @@ def run_step(w: World, data: st.DataObject, name: str, p: Peer) -> None:
         p.delete_edge(gid)
     elif name == "edge_prop":
         p.set_edge_property(gid, "w", d(st.none() | st.integers(0, 2)))
+
+
+def inject(w: World, data: st.DataObject, p: Peer) -> None:
+    """A signed bundle the facade would refuse: derivation applies it or keeps it inert."""
+    d = data.draw
+    known = sorted({bytes(e) for (e,) in p.proj.conn.execute("SELECT entity FROM entities")})
+    edges = sorted({bytes(g) for (g,) in p.proj.conn.execute("SELECT edge FROM edges")})
+    e = _pick(data, known)
+    g = _pick(data, edges)
+    choices: list[Callable[[], O.Payload]] = [
+        lambda: O.AttachFacet(ids.new_id(), w.t3),  # rows before (or without) their entity
+    ]
+    if e is not None:
+        choices += [
+            lambda: O.SetField(e, w.t1, "body", ["text", "inert"]),  # scalar on a CRDT slot
+            lambda: O.SetCRDTField(e, w.t1, "name", crdt.delta_for_replace(None, "inert")),
+            lambda: O.SetField(e, w.t2, "qty", ["integer", 9]),  # facet maybe not attached
+            lambda: O.ClearField(e, w.t3, "label"),
+            lambda: O.RestoreEntity(e),
+            lambda: O.DeleteEntity(e, []),  # edges left undeleted, hidden
+            lambda: O.AttachFacet(e, w.t3),
+            lambda: O.ConfirmFieldMapping(*sorted_pair(w.t1, "n", w.t3, "label")),  # types
+            lambda: O.SplitEntity(e, ids.new_id(), sorted([w.t1, w.t2])),
+        ]
+    if len(known) >= 2:
+        x, y = d(st.lists(st.sampled_from(known), min_size=2, max_size=2, unique=True))
+        choices.append(lambda: O.MergeEntities(min(x, y), max(x, y)))  # even dead ones
+    if g is not None:
+        choices += [
+            lambda: O.MoveOrderedEdge(g, d(st.sampled_from(["1", "V", "zz"]))),  # any edge
+            lambda: O.SetEdgeProperty(g, "w", ["integer", d(st.integers(0, 2))]),
+            lambda: O.RestoreEdge(g),
+        ]
+    payloads = [d(st.sampled_from(choices))()]
+    for pl in payloads:
+        pl.check()
+    bundle = O.seal(p.ws.ident, p.ws.ws, "user", payloads, p.ws.clock.tick_many(len(payloads)),
+                    p.vclock())
+    report = p.ws.ingest([bundle.record])
+    assert report.applied == [bundle.bundle_id], report
+
+
+def sorted_pair(fa: str, na: str, fb: str, nb: str) -> tuple[str, str, str, str]:
+    (a1, a2), (b1, b2) = sorted([(fa, na), (fb, nb)], key=lambda x: f"{x[0]}.{x[1]}")
+    return a1, a2, b1, b2
 
 
 def all_bundles(peers: list[Peer]) -> list[list[Any]]:
@@ -303,7 +351,7 @@ def check_converged(net: Net, peers: list[Peer]) -> None:
         assert p.verify()["ok"]
 
 
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                  HealthCheck.data_too_large])
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1),
