@@ -289,7 +289,7 @@ async function deleteRecords(ids, { label } = {}) {
   try {
     const r = await command(() => api.post("/records/delete", { ids }));
     await Promise.all([refreshRecords(r.seq), refreshWorkspace()]);
-    toast(ids.length === 1 ? "Record deleted" : `${ids.length} records deleted`, {
+    dismissUndoOffer = toast(ids.length === 1 ? "Record deleted" : `${ids.length} records deleted`, {
       action: { label: "Undo", run: () => undoRedo("undo") },
     });
   } catch (err) {
@@ -321,8 +321,11 @@ function skippedMessage(kind, skipped) {
     `The next ${verb} moves to the step before.`;
 }
 
+let dismissUndoOffer = () => {};
+
 async function undoRedo(kind) {
   if (state.blocked) return;
+  dismissUndoOffer();
   grid.flushEdit();
   try {
     const r = await command(() => api.post(`/${kind}`, {}));

@@ -60,12 +60,24 @@ class Api:
                                   else body, **kw)
 
     async def ok(self, method: str, path: str, body: Any = None) -> Any:
-        """The JSON of a request that must succeed."""
+        """The JSON of a request that must succeed.
+
+        A GET without `after=` waits for everything written so far (after=<head>), so tests
+        never race the projection; tests of `after` itself pass it explicitly.
+        """
+        if method == "GET" and "after=" not in path and self.node.session is not None:
+            sep = "&" if "?" in path else "?"
+            path = f"{path}{sep}after={self.node.current.writer.appended}"
         resp = await (self.get(path) if method == "GET" else self.post(path, body))
         data = await resp.get_json()
         assert resp.status_code == 200, (method, path, body, resp.status_code, data)
         assert resp.content_type == "application/json"
         return data
+
+    async def settled(self) -> None:
+        """Wait until the projection applied (and published the events of) every write so far."""
+        s = self.node.current
+        await s.deriver.wait_applied(s.writer.appended)
 
     async def head(self) -> int:
         return int((await self.ok("GET", "/workspace/current"))["seq"])

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,9 @@ def engine(tmp_path: Path) -> Iterator[str]:
     assert proc.returncode == 0, log.read_text(errors="replace")[-2000:]
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's Chromium under Playwright; a missing browser fails the test (never skips)."""
     if not CHROMIUM.exists():
         pytest.fail(f"Chromium is missing at {CHROMIUM}: install Debian's `chromium` package "
                     "(apt-get install chromium); the browser tests need it")
@@ -110,7 +112,12 @@ def open_page(browser: Any, url: str, errors: list[str]) -> Any:
     return page
 
 
-def test_grid_journey(engine: str, browser: Any) -> None:
+def test_grid_journey(engine: str) -> None:
+    with chromium() as browser:
+        grid_journey(browser, engine)
+
+
+def grid_journey(browser: Any, engine: str) -> None:
     from playwright.sync_api import expect
 
     errors: list[str] = []

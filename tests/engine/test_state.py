@@ -47,6 +47,10 @@ def make_table(p: Peer) -> str:
     return facet
 
 
+def make_table_facet(p: Peer) -> str:
+    return str(p.views.table("Tasks").facet)
+
+
 def v7(n: int, rnd: random.Random | None = None) -> bytes:
     """A UUIDv7-shaped id whose order follows n (the rest is random)."""
     tail = (rnd or random).randbytes(10)
@@ -247,10 +251,6 @@ def test_an_older_set_never_beats_a_clear(net: Net) -> None:
             net.deliver(f, [bnd.record])
         assert f.get_record(e)["values"]["name"] is None
         assert f.get_record(e)["conflicts"] == ["name"]
-
-
-def make_table_facet(p: Peer) -> str:
-    return p.views.table("Tasks").facet
 
 
 def test_delete_beats_a_concurrent_restore(net: Net) -> None:

@@ -12,7 +12,7 @@ from openprod.core import codec, ids
 from openprod.core.errors import EntityMerged, ValidationError
 from openprod.engine import fracindex
 from openprod.engine.statehash import open_conflicts
-from tests.helpers import Net, Peer
+from tests.helpers import T0, Net, Peer
 
 ORDERED = "workspace.sub"
 LINK = "workspace.link"
@@ -21,7 +21,7 @@ LINK = "workspace.link"
 # --- helpers ------------------------------------------------------------------------------
 
 def setup(net: Net, n: int = 2) -> tuple[list[Peer], str, str]:
-    peers = [net.add_peer(f"p{i}", clock_ms=net_clock(i)) for i in range(n)]
+    peers = [net.add_peer(f"p{i}", clock_ms=T0 + i) for i in range(n)]
     a = peers[0]
     t1 = a.create_table("Tasks", [
         {"label": "name", "name": "name"},
@@ -37,12 +37,6 @@ def setup(net: Net, n: int = 2) -> tuple[list[Peer], str, str]:
     net.sync_all()
     assert t1 is not None and t2 is not None
     return peers, t1, t2
-
-
-def net_clock(i: int) -> int:
-    from tests.helpers import T0
-
-    return T0 + i
 
 
 def order(p: Peer, dst: bytes) -> list[bytes]:
