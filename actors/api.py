@@ -101,6 +101,11 @@ def _field(body: dict[str, Any], key: str, kind: type | tuple[type, ...], *,
     return v
 
 
+def _same_token(given: str, token: str) -> bool:
+    """Constant-time comparison; bytes, since compare_digest refuses non-ASCII str (a 500)."""
+    return secrets.compare_digest(given.encode(), token.encode())
+
+
 def _tuple(k: type | tuple[type, ...]) -> tuple[type, ...]:
     return k if isinstance(k, tuple) else (k,)
 
@@ -356,20 +361,21 @@ async def list_edges(node: Node, body: Any) -> dict[str, Any]:
     return {"edges": await _query(node, lambda v: v.list_edges(e, etype, direction))}
 
 
-@api("/undo", "POST", "Undo this user's last change (applied, skipped or empty)", body=obj())
-async def undo(node: Node, body: dict[str, Any]) -> dict[str, Any]:
-    r = await _command(node, lambda ws: ws.undo())
+async def _undo_redo(node: Node, which: str) -> dict[str, Any]:
+    r = await _command(node, lambda ws: ws.undo() if which == "undo" else ws.redo())
     out = dict(r.to_json())
     out["seq"] = r.seq if r.seq is not None else node.current.writer.appended
     return out
+
+
+@api("/undo", "POST", "Undo this user's last change (applied, skipped or empty)", body=obj())
+async def undo(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    return await _undo_redo(node, "undo")
 
 
 @api("/redo", "POST", "Redo the last undone change", body=obj())
 async def redo(node: Node, body: dict[str, Any]) -> dict[str, Any]:
-    r = await _command(node, lambda ws: ws.redo())
-    out = dict(r.to_json())
-    out["seq"] = r.seq if r.seq is not None else node.current.writer.appended
-    return out
+    return await _undo_redo(node, "redo")
 
 
 # --- the app ----------------------------------------------------------------------------------
@@ -457,7 +463,7 @@ def create_app(node: Node) -> QuartTrio:
     def authorized(headers: Any, cookies: Any) -> bool:
         auth = headers.get("Authorization", "")
         given = auth[7:] if auth.startswith("Bearer ") else cookies.get(COOKIE, "")
-        return bool(given) and secrets.compare_digest(given, node.token)
+        return bool(given) and _same_token(given, node.token)
 
     open_paths = ("/", "/api/openapi.json")
 
@@ -492,7 +498,7 @@ def create_app(node: Node) -> QuartTrio:
     async def index() -> Any:
         token = request.args.get("token")
         if token is not None:
-            if not secrets.compare_digest(token, node.token):
+            if not _same_token(token, node.token):
                 raise ApiError("unauthorized", "this link's token is not valid for this "
                                "launch of the engine")
             resp = redirect("/", 303)
@@ -520,8 +526,8 @@ def create_app(node: Node) -> QuartTrio:
             await websocket.close(1008)
             return
         if not authorized(websocket.headers, websocket.cookies) and not (
-            websocket.args.get("token") and secrets.compare_digest(
-                websocket.args.get("token", ""), node.token)
+            websocket.args.get("token") and _same_token(websocket.args.get("token", ""),
+                                                        node.token)
         ):
             await websocket.close(1008)
             return
@@ -563,14 +569,19 @@ async def _drain_client(scope: trio.CancelScope) -> None:
         scope.cancel()
 
 
+def _not_json(name: str) -> Any:
+    """NaN and ±Infinity are not JSON (Python's parser accepts them by default)."""
+    raise ValueError(f"{name} is not JSON")
+
+
 def _wrap(node: Node, r: Route) -> Callable[..., Awaitable[Response]]:
     async def view(**params: Any) -> Response:
         body: Any = None
         if r.method == "POST":
             raw = await request.get_data()
             try:
-                body = json.loads(raw or b"{}")
-            except (ValueError, UnicodeDecodeError):
+                body = json.loads(raw or b"{}", parse_constant=_not_json)
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 raise ApiError("malformed_json", "the request body is not valid JSON") from None
             if not isinstance(body, dict):
                 raise ValidationError("the request body must be a JSON object")

@@ -1,13 +1,14 @@
 """EventHub: fan-out of engine events to WebSocket subscribers, with a replay buffer.
 
-Every event gets an increasing `event_id`. A reconnecting client passes the last id it saw and
-receives what it missed from the buffer, or `{"type": "resync"}` when that is no longer held (it
-then re-queries everything on screen). A subscriber too slow to keep up is dropped with `resync`
-rather than growing memory.
+Every event gets an increasing `event_id` (increasing across launches too). A reconnecting client
+passes the last id it saw and receives what it missed from the buffer, or `{"type": "resync"}`
+when that is no longer held (it then re-queries everything on screen). A subscriber too slow to
+keep up is dropped with `resync` rather than growing memory.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import Any
 
@@ -32,7 +33,9 @@ class EventHub:
     def __init__(self) -> None:
         self._buffer: deque[dict[str, Any]] = deque(maxlen=BUFFER)
         self._subs: set[Subscription] = set()
-        self.last_id = 0
+        # ids go on across launches (they start at a microsecond clock reading), so a `since`
+        # from an earlier launch predates the buffer and gets resync, never a wrong replay
+        self.last_id = time.time_ns() // 1000
 
     def publish(self, event: dict[str, Any]) -> None:
         self.last_id += 1

@@ -9,6 +9,7 @@
 import { icon } from "./icons.js";
 import * as F from "./format.js";
 import { announce } from "./toast.js";
+import { el } from "./dom.js";
 
 const WIDTH = {
   text: 200, longtext: 280, integer: 110, float: 120, boolean: 96, date: 150, datetime: 200,
@@ -23,18 +24,6 @@ const PASTE = "__paste_id__";
 const key = (id, name) => `${id}|${name}`;
 const same = (a, b) => JSON.stringify(a ?? null) === JSON.stringify(b ?? null);
 
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === null || v === undefined || v === false) continue;
-    if (k === "class") e.className = v;
-    else if (k === "text") e.textContent = v;
-    else if (k === "html") e.innerHTML = v;
-    else e.setAttribute(k, v === true ? "" : v);
-  }
-  e.append(...children);
-  return e;
-}
 
 export class Grid {
   /**

@@ -47,8 +47,16 @@ class Rows:
             return None  # known absent; not cached, so a replay's caches hold only real rows
         row: Row | None = None
         for r in self.conn.execute(self._select, key):
-            row = tuple(r)
+            row = self.decode(tuple(r))
         self.cache[key] = row
+        return row
+
+    def decode(self, stored: Row) -> Row:
+        """Stored columns -> cached row (identity; subclasses keep richer values in memory)."""
+        return stored
+
+    def encode(self, row: Row) -> Row:
+        """Cached row -> stored columns."""
         return row
 
     def put(self, key: Key, row: Row) -> None:
@@ -69,7 +77,7 @@ class Rows:
             if row is None:
                 dels.append(k)
             else:
-                ups.append(k + row)
+                ups.append(k + self.encode(row))
         if dels:
             self.conn.executemany(self._delete, dels)
         if ups:

@@ -144,36 +144,11 @@ class _Corrupt(Exception):
 class _TipRows(Rows):
     """Rows whose single column is a tip list: decoded in the cache, encoded when flushed."""
 
-    def get(self, key: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        try:
-            return self.cache[key]
-        except KeyError:
-            pass
-        if self.fresh and key[self.owner] not in self.flushed_owners:
-            return None  # known absent during a replay; not cached
-        row: tuple[Any, ...] | None = None
-        for (blob,) in self.conn.execute(self._select, key):
-            row = (cbor2.loads(blob),)
-        self.cache[key] = row
-        return row
+    def decode(self, stored: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (cbor2.loads(stored[0]),)
 
-    def flush(self) -> None:
-        if not self.dirty:
-            return
-        ups, dels = [], []
-        for k in self.dirty:
-            row = self.cache[k]
-            if row is None:
-                dels.append(k)
-            else:
-                ups.append((*k, codec.encode_trusted(row[0])))
-        if dels:
-            self.conn.executemany(self._delete, dels)
-        if ups:
-            self.conn.executemany(self._upsert, ups)
-        if self.fresh:
-            self.flushed_owners.update(k[self.owner] for k in self.dirty)
-        self.dirty.clear()
+    def encode(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (codec.encode_trusted(row[0]),)
 
 
 def _seen(x_hlc: bytes, x_actor: bytes, x_vc: dict[bytes, bytes], y_hlc: bytes,

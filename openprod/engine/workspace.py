@@ -16,8 +16,8 @@ from typing import Any
 
 import attrs
 
+from openprod.core import codec, ids, values
 from openprod.core import hlc as hlcmod
-from openprod.core import ids, values
 from openprod.core import ops as O
 from openprod.core.errors import (
     ClockDriftError,
@@ -32,7 +32,14 @@ from openprod.core.errors import (
 from openprod.core.identity import Identity
 from openprod.engine import crdt, fracindex
 from openprod.engine import undo as undomod
-from openprod.engine.conflicts import conflict_id
+from openprod.engine.conflicts import (
+    ConflictAlreadyResolved,
+    ConflictNotFound,
+    ConflictProjection,
+    StaleConflictState,
+    conflict_id,
+    raw_ids,
+)
 from openprod.engine.state import StateProjection
 from openprod.engine.statehash import compute as compute_state_hash
 from openprod.engine.views import FieldDef, TableDef, Views
@@ -90,6 +97,8 @@ class Workspace:
         self.storage = SqliteStorage(path / OPLOG_FILE)
         self.proj = StateProjection(db.connect(path / OPLOG_FILE, synchronous="NORMAL"))
         self.views = Views(self.proj)
+        self._conflict_proj = ConflictProjection(self.proj.conn)
+        self.conflict_events: list[dict[str, Any]] = []  # from the last conflicts catch-up
         self.clock = hlcmod.Clock(now)
         self.clock.observe(self.storage.max_hlc())
         ws = self.storage.local_get("workspace")
@@ -224,11 +233,46 @@ class Workspace:
                     delta = crdt.delta_for_replace(state, x or "")
                     out.append(O.SetCRDTField(e, f.facet, f.name, delta))
                 continue
+            w: O.SetField | O.ClearField
             if x is None:
-                out.append(O.ClearField(e, f.facet, f.name))
+                w = O.ClearField(e, f.facet, f.name)
             else:
-                out.append(O.SetField(e, f.facet, f.name, self._value(f, x)))
+                w = O.SetField(e, f.facet, f.name, self._value(f, x))
+            out.append(self._tag_if_open(e, slot, w, ctx))
         return out
+
+    def catch_up_conflicts(self) -> list[dict[str, Any]]:
+        """Bring the conflict projection up to date; return the conflict events it produced."""
+        self._conflicts_now()
+        return self.conflict_events
+
+    def _conflicts_now(self) -> ConflictProjection:
+        """The conflict projection, caught up. It is caught up lazily (only when conflicts are
+        read or a field with several tips is written) so ordinary writes do not pay for it; the
+        runtime runs it as its own actor."""
+        if self.derive:
+            self.conflict_events = self._conflict_proj.catch_up()
+        return self._conflict_proj
+
+    @property
+    def conflicts(self) -> ConflictProjection:
+        """The conflict projection, caught up to the oplog head."""
+        return self._conflicts_now()
+
+    def _tag_if_open(self, e: bytes, slot: str, w: O.SetField | O.ClearField, ctx: _Ctx,
+                     ) -> O.Payload:
+        """A local write to a locally open field is a resolution of it (spec 02 §1.6)."""
+        if not self.derive or e in ctx.created:
+            return w
+        # A field open in the conflict projection has several tips in the state projection too
+        # (for honest peers), so a field with one tip needs no conflict lookup.
+        if len(self.views.tips("f", e, slot)) < 2:
+            return w
+        cid = conflict_id(e, slot)
+        rec = self._conflicts_now().get_raw(cid)
+        if rec is None or rec["status"] != "open" or rec["kind"] != "field":
+            return w
+        return attrs.evolve(w, resolves=sorted(bytes(t[0]) for t in rec["tips"]), conflict=cid)
 
     def _value(self, f: FieldDef, x: Any) -> list[Any]:
         if isinstance(x, dict) and set(x) == {"ref"}:
@@ -589,14 +633,94 @@ class Workspace:
         t = self.views.table(table)
         f = t.field(field)
         slot = self.proj.slot_of(f.facet, f.name)
-        if f.crdt or not self.views.is_conflicted(e, slot):
+        cid = conflict_id(e, slot)
+        rec = None if f.crdt else self._conflicts_now().get_raw(cid)
+        if rec is None or rec["status"] != "open":
             raise NotFound(f"field {f.label!r} of record {ids.to_text(e)} has no open conflict",
                            entity_id=ids.to_text(e), field=f.name)
-        tips = sorted(bytes(tip[0]) for tip in self.views.tips("f", e, slot))
-        (write,) = self._write_ops(e, t, {f.name: value}, _Ctx())
+        return self._resolution_write(e, t, f.name, value, sorted(tip[0] for tip in rec["tips"]),
+                                      cid)
+
+    def list_conflicts(self, status: str = "open") -> list[dict[str, Any]]:
+        """Conflict records (spec 02 §1.8) as JSON-able dicts; status "open" or "all"."""
+        return self._conflicts_now().list_conflicts(status)
+
+    def get_conflict(self, conflict: bytes | str) -> dict[str, Any]:
+        rec = self._conflicts_now().get(_as_id(conflict))
+        if rec is None:
+            raise ConflictNotFound(f"no conflict {conflict!r}", conflict_id=str(conflict))
+        return rec
+
+    def resolve_conflict(self, conflict: bytes | str, value: Any = None, *,
+                         choice: str | None = None,
+                         expected_tips: Sequence[bytes | str] | None = None) -> Result:
+        """Resolve an open conflict (spec 02 §1.6, §1.9): one `resolution` bundle.
+
+        Field conflicts: one tagged write of `value` (None clears). Delete conflicts: `choice`
+        "restore" (tagged RestoreEntity + RestoreEdge for the delete's cascade edges whose other
+        end is live) or "keep_deleted" (tagged DeleteEntity with a fresh cascade).
+        """
+        cid = _as_id(conflict)
+        text = ids.to_text(cid)
+        rec = self._conflicts_now().get_raw(cid)
+        if rec is None:
+            raise ConflictNotFound(f"no conflict {text}", conflict_id=text)
+        if rec["status"] != "open":
+            raise ConflictAlreadyResolved(f"conflict {text} is already resolved",
+                                          conflict_id=text)
+        tips = sorted(bytes(t[0]) for t in rec["tips"])
+        if expected_tips is not None and sorted(raw_ids(expected_tips)) != tips:
+            raise StaleConflictState(f"conflict {text} changed since it was read",
+                                     conflict_id=text, tips=[ids.to_text(t) for t in tips])
+        e = bytes(rec["entity"])
+        if rec["kind"] == "delete":
+            return self._resolve_delete(cid, e, rec, tips, choice)
+        if choice is not None:
+            raise ValidationError("choice applies to delete conflicts only", choice=choice)
+        skey = rec["skey"]
+        e = self._entity(e)
+        members = sorted({skey} | {k for k, s in self.proj.slots.items() if s == skey})
+        for key in members:
+            facet, name = values.split_field_key(key)
+            if self.views.is_attached(e, facet):
+                return self._resolution_write(e, self.views.table(facet), name, value, tips,
+                                              cid)
+        raise ValidationError(f"record {ids.to_text(e)} is in no table with field {skey}",
+                              entity_id=ids.to_text(e), field=skey)
+
+    def _resolution_write(self, e: bytes, t: TableDef, name: str, value: Any,
+                          tips: list[bytes], cid: bytes) -> Result:
+        (write,) = self._write_ops(e, t, {name: value}, _Ctx())
         assert isinstance(write, O.SetField | O.ClearField)
-        tagged = attrs.evolve(write, resolves=tips, conflict=conflict_id(e, slot))
+        tagged = attrs.evolve(write, resolves=tips, conflict=cid)
         return self._commit("resolution", [tagged], push_undo=False)
+
+    def _resolve_delete(self, cid: bytes, e: bytes, rec: Mapping[str, Any], tips: list[bytes],
+                        choice: str | None) -> Result:
+        if choice not in ("restore", "keep_deleted"):
+            raise ValidationError("a delete conflict needs choice 'restore' or 'keep_deleted'",
+                                  choice=choice)
+        payloads: list[O.Payload]
+        if choice == "keep_deleted":
+            payloads = [O.DeleteEntity(e, self.views.live_edges_of(e), resolves=tips,
+                                       conflict=cid)]
+            return self._commit("resolution", payloads, push_undo=False)
+        payloads = [O.RestoreEntity(e, resolves=tips, conflict=cid)]
+        cascade: set[bytes] = set()
+        for tip in rec["tips"]:
+            if tip[6] == "DeleteEntity":
+                for (body,) in self.proj.conn.execute(
+                    "SELECT body FROM ops WHERE op_id = ?", (bytes(tip[0]),)
+                ):
+                    cascade.update(bytes(g) for g in codec.decode(bytes(body))["p"]["cascade"])
+        for g in sorted(cascade):
+            info = self.views.edge(g)
+            if info is None or not info["deleted"]:
+                continue
+            other = info["dst"] if info["src"] == e else info["src"]
+            if other == e or self.views.is_live(other):
+                payloads.append(O.RestoreEdge(g))
+        return self._commit("resolution", payloads, push_undo=False)
 
     # --- undo / redo -------------------------------------------------------------------------
     def undo(self) -> undomod.UndoResult:

@@ -5,7 +5,10 @@ No HTTP here; commands go straight to `writer.call(fn)` and reads to the session
 
 from __future__ import annotations
 
+import itertools
+import json
 import threading
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -100,7 +103,7 @@ async def test_writer_serialises_concurrent_commands(session: Session) -> None:
     assert sorted(results) == list(range(20))
     assert max(overlap) == 1, "two commands ran at the same time"
     seqs = [results[i].seq for i in order]
-    assert all(a < b for a, b in zip(seqs, seqs[1:], strict=False)), seqs
+    assert all(a < b for a, b in itertools.pairwise(seqs)), seqs
     head = max(seqs)
     await session.deriver.wait_applied(head)
     rows = await session.reader.read(lambda v: v.records(v.table(table)))
@@ -267,6 +270,48 @@ async def test_open_workspace_replaces_the_session(home: Home, ident: Identity,
         n.cancel_scope.cancel()
 
 
+async def test_graceful_shutdown_answers_the_inflight_command(
+        home: Home, ident: Identity, ws_id: str) -> None:
+    """node.run on Hypercorn: shutdown during a command still answers it, then everything ends."""
+    node = Node(home, ident, home.new_token())
+    entered = trio.Event()
+    release = threading.Event()
+    answer: dict[str, Any] = {}
+
+    def post() -> None:
+        req = urllib.request.Request(node.url + "/tables/create", b'{"label": "Cues"}',
+                                     {"Authorization": f"Bearer {node.token}"})
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            answer["status"], answer["body"] = resp.status, json.loads(resp.read())
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            await n.start(node.run, ws_id, "127.0.0.1", 0)
+            assert node.url.startswith("http://127.0.0.1:") and node.port > 0
+            ws = node.current.ws
+            create_table = ws.create_table
+
+            def slow(*args: Any, **kw: Any) -> Any:
+                trio.from_thread.run_sync(entered.set)
+                release.wait(20)
+                return create_table(*args, **kw)
+
+            ws.create_table = slow  # type: ignore[method-assign]
+            n.start_soon(trio.to_thread.run_sync, post)
+            await entered.wait()
+            session = node.current
+            node.shutdown.set()
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+    assert answer["status"] == 200 and answer["body"]["seq"] > 0
+    assert session.done.is_set()
+    ws2 = Workspace.open(session.path, ident)
+    try:
+        assert [t["label"] for t in ws2.list_tables()] == ["Cues"]
+    finally:
+        ws2.close()
+
+
 async def test_node_without_session_refuses(home: Home, ident: Identity) -> None:
     node = Node(home, ident, "t")
     with pytest.raises(ShuttingDown):
@@ -307,6 +352,7 @@ async def test_deriver_publishes_what_changed(session: Session) -> None:
 
 async def test_hub_publish_and_subscribe(autojump_clock: trio.testing.MockClock) -> None:
     hub = EventHub()
+    base = hub.last_id
     early, backlog = hub.subscribe()
     assert backlog == []
     hub.publish({"type": "a"})
@@ -314,41 +360,72 @@ async def test_hub_publish_and_subscribe(autojump_clock: trio.testing.MockClock)
     assert backlog == []
     hub.publish({"type": "b"})
     assert [early.recv.receive_nowait()["type"] for _ in range(2)] == ["a", "b"]
-    assert late.recv.receive_nowait() == {"type": "b", "event_id": 2}
-    assert hub.last_id == 2
+    assert late.recv.receive_nowait() == {"type": "b", "event_id": base + 2}
+    assert hub.last_id == base + 2
     assert hub.subscribers == 2
     late.close()
     assert hub.subscribers == 1
     hub.publish({"type": "c"})  # a closed subscriber does not break publishing
-    assert early.recv.receive_nowait()["event_id"] == 3
+    assert early.recv.receive_nowait()["event_id"] == base + 3
 
 
 async def test_hub_backlog_since(autojump_clock: trio.testing.MockClock) -> None:
     hub = EventHub()
+    base = hub.last_id
     for i in range(10):
         hub.publish({"type": "x", "i": i})
-    _, backlog = hub.subscribe(since=7)
-    assert [e["event_id"] for e in backlog] == [8, 9, 10]
-    _, backlog = hub.subscribe(since=0)
-    assert [e["event_id"] for e in backlog] == list(range(1, 11))
-    _, backlog = hub.subscribe(since=10)
+    _, backlog = hub.subscribe(since=base + 7)
+    assert [e["event_id"] - base for e in backlog] == [8, 9, 10]
+    assert [e["i"] for e in backlog] == [7, 8, 9]
+    _, backlog = hub.subscribe(since=base)
+    assert [e["event_id"] - base for e in backlog] == list(range(1, 11))
+    _, backlog = hub.subscribe(since=base + 10)
     assert backlog == []
-    _, backlog = hub.subscribe(since=99)  # from a previous launch: nothing to replay
+    _, backlog = hub.subscribe(since=base + 99)  # ahead of this hub: nothing to replay
     assert backlog == []
+
+
+class _WallClock:
+    def __init__(self, ns: int) -> None:
+        self.ns = ns
+
+    def time_ns(self) -> int:
+        return self.ns
+
+
+async def test_hub_event_ids_go_on_across_launches(
+        monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock) -> None:
+    """A client's `since` from an earlier launch must get resync, not this launch's events."""
+    wall = _WallClock(1_700_000_000 * 10**9)
+    monkeypatch.setattr(eventsmod, "time", wall)
+    before = EventHub()
+    for _ in range(1000):
+        before.publish({"type": "x"})
+    seen = before.last_id
+    wall.ns += 10**9  # the engine restarted a second later
+    after = EventHub()
+    assert after.last_id > seen
+    after.publish({"type": "y"})
+    _, backlog = after.subscribe(since=seen)
+    assert backlog == [{"type": "resync", "event_id": after.last_id}]
+    fresh = EventHub()
+    _, backlog = fresh.subscribe(since=seen)  # even before the first event
+    assert backlog == [{"type": "resync", "event_id": fresh.last_id}]
 
 
 async def test_hub_too_old_since_means_resync(monkeypatch: pytest.MonkeyPatch,
                                               autojump_clock: trio.testing.MockClock) -> None:
     monkeypatch.setattr(eventsmod, "BUFFER", 16)
     hub = EventHub()
+    base = hub.last_id
     for _ in range(40):
         hub.publish({"type": "x"})
-    _, backlog = hub.subscribe(since=3)
-    assert backlog == [{"type": "resync", "event_id": 40}]
-    _, backlog = hub.subscribe(since=24)  # the oldest held is 25: still complete
-    assert [e["event_id"] for e in backlog] == list(range(25, 41))
-    _, backlog = hub.subscribe(since=23)  # 24 is gone
-    assert backlog == [{"type": "resync", "event_id": 40}]
+    _, backlog = hub.subscribe(since=base + 3)
+    assert backlog == [{"type": "resync", "event_id": base + 40}]
+    _, backlog = hub.subscribe(since=base + 24)  # the oldest held is 25: still complete
+    assert [e["event_id"] - base for e in backlog] == list(range(25, 41))
+    _, backlog = hub.subscribe(since=base + 23)  # 24 is gone
+    assert backlog == [{"type": "resync", "event_id": base + 40}]
 
 
 async def test_hub_drops_slow_subscriber(monkeypatch: pytest.MonkeyPatch,

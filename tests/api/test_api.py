@@ -159,7 +159,8 @@ async def test_get_identity(api: Api) -> None:
 
 async def test_update_identity(api: Api) -> None:
     head = await api.head()
-    data = await api.ok("POST", "/identity/update", {"display_name": " Bob ", "device_name": "Desk"})
+    data = await api.ok("POST", "/identity/update",
+                        {"display_name": " Bob ", "device_name": "Desk"})
     assert data["seq"] > head
     assert (data["display_name"], data["device_name"]) == ("Bob", "Desk")
     got = await api.ok("GET", "/identity")
@@ -556,7 +557,8 @@ async def test_after_times_out_with_503(api: Api, monkeypatch: pytest.MonkeyPatc
 async def test_command_malformed_json(api: Api, route: Route) -> None:
     await BODIES[route.path](api)  # same state as a successful call would have
     head = await api.head()
-    for raw in (b"{bad", b'{"a": 1', b"\xff\xfe", b"{'single': 'quotes'}"):
+    for raw in (b"{bad", b'{"a": 1', b"\xff\xfe", b"{'single': 'quotes'}",
+                b'{"table": NaN}', b'{"x": -Infinity}', b"[" * 100_000 + b"]" * 100_000):
         err = await error_of(await api.request("POST", route.path, data=raw), 400,
                              "malformed_json")
         assert "JSON" in err["message"]
@@ -613,8 +615,8 @@ async def test_route_needs_the_token(api: Api, route: Route) -> None:
     body = await BODIES[route.path](api) if route.method == "POST" else None
     head = await api.head()
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": api.token},
-                    {"Authorization": "Basic " + api.token},
-                    {"Cookie": f"{COOKIE}=wrong"}):
+                    {"Authorization": "Basic " + api.token}, {"Authorization": "Bearer é"},
+                    {"Cookie": f"{COOKIE}=wrong"}, {"Cookie": f"{COOKIE}=é"}):
         resp = await api.request(route.method, path, body=body, headers=headers, auth=False)
         err = await error_of(resp, 401, "unauthorized")
         assert "token" in err["message"]
@@ -717,9 +719,10 @@ async def test_token_link_sets_cookie_and_redirects(api: Api) -> None:
 
 
 async def test_wrong_token_link_is_401(api: Api) -> None:
-    resp = await api.get("/?token=not-the-token", auth=False)
-    await error_of(resp, 401, "unauthorized")
-    assert "Set-Cookie" not in resp.headers
+    for token in ("not-the-token", "%C3%A9t%C3%A9", api.token[:-1]):
+        resp = await api.get(f"/?token={token}", auth=False)
+        await error_of(resp, 401, "unauthorized")
+        assert "Set-Cookie" not in resp.headers
     await error_of(await api.get("/identity", auth=False), 401, "unauthorized")
 
 
@@ -878,6 +881,7 @@ async def test_events_auth(api: Api) -> None:
         assert (await ws_json(conn))["type"] == "hello"
     assert await _refused(api, "/events", h) == 1008
     assert await _refused(api, "/events?token=wrong", h) == 1008
+    assert await _refused(api, "/events?token=%C3%A9", h) == 1008
     assert await _refused(api, "/events", {**h, "Authorization": "Bearer wrong"}) == 1008
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from openapi_spec_validator import validate
 
-from actors.api import ROUTES, create_app, openapi
+from actors.api import ROUTES, STATUS, create_app, openapi
 from tests.api.conftest import Api
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
@@ -108,3 +109,14 @@ def test_a_second_app_documents_the_same_routes() -> None:
     assert len(ROUTES) == before
     http, _ = _served(app)
     assert http == _documented(openapi())
+
+
+def test_api_doc_covers_every_route_and_error_code() -> None:
+    """docs/api.md documents every route and every error code the API can answer."""
+    doc = (Path(__file__).parents[2] / "docs" / "api.md").read_text()
+    for r in ROUTES:
+        assert f"`{r.method} {r.path}`" in doc, f"{r.method} {r.path} is not in docs/api.md"
+    for code, status in {**STATUS, "invalid": 400, "malformed_json": 400,
+                         "internal": 500}.items():
+        assert f"| {status} | `{code}` |" in doc, f"error {code} ({status}) is not documented"
+    assert "`WS /events`" in doc and "since=" in doc and "resync" in doc

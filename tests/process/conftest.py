@@ -20,7 +20,8 @@ import attrs
 import pytest
 import trio
 
-RUNNING = re.compile(r"openprod is running — open (http://127\.0\.0\.1:(\d+))/\?token=(\S+)")
+RUNNING = re.compile(r"openprod is running — open (http://127\.0\.0\.1:(\d+))/\?token=(\S+)\n")
+READY = re.compile(r"Ctrl\+C stops\n")  # the second line of the banner
 START_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 15
 
@@ -76,7 +77,9 @@ class Server:
 
     async def started(self) -> Server:
         with trio.fail_after(START_TIMEOUT_S):
-            m = await self._read_until(RUNNING)
+            await self._read_until(READY)
+            m = RUNNING.search(self.stdout)
+        assert m is not None, self.stdout
         self.base, self.port, self.token = m[1], int(m[2]), m[3]
         return self
 

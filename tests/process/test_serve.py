@@ -16,7 +16,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
-from tests.process.conftest import Server, StartServe, run_cli
+from tests.process.conftest import StartServe, cli_command, run_cli
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -36,6 +36,7 @@ async def _closed_code(ws: object) -> int:
             while True:
                 await ws.get_message()  # type: ignore[attr-defined]
         except ConnectionClosed as exc:
+            assert exc.reason is not None
             return int(exc.reason.code)
 
 
@@ -58,10 +59,12 @@ async def test_serve_end_to_end(serve: StartServe, tmp_path: Path) -> None:
     assert (await s.call("GET", "/identity", auth=False, headers={"Cookie": cookie})).status == 200
 
     host = f"127.0.0.1:{s.port}"
-    table = (await s.ok("POST", "/tables/create", {
-        "label": "Cues", "fields": [{"label": "Name"}, {"label": "Dur", "type": "float"}]}))["table"]
+    made = await s.ok("POST", "/tables/create", {
+        "label": "Cues", "fields": [{"label": "Name"}, {"label": "Dur", "type": "float"}]})
+    table = made["table"]
+    by_cookie = [(b"Cookie", cookie.encode())]
     async with open_websocket_url(f"ws://{host}/events?token={s.token}") as ws, \
-            open_websocket_url(f"ws://{host}/events", extra_headers=[("Cookie", cookie)]) as ws2:
+            open_websocket_url(f"ws://{host}/events", extra_headers=by_cookie) as ws2:
         hello = await _next_event(ws, "hello")
         assert (await _next_event(ws2, "hello"))["workspace_id"] == hello["workspace_id"]
         rec = await s.ok("POST", "/records/create",
@@ -105,14 +108,14 @@ async def test_websocket_foreign_origin_refused(serve: StartServe, tmp_path: Pat
     url = f"ws://127.0.0.1:{s.port}/events?token={s.token}"
     with trio.fail_after(15):
         with pytest.raises(ConnectionRejected) as exc:
-            async with open_websocket_url(url, extra_headers=[("Origin", "http://evil.example")]):
+            async with open_websocket_url(url, extra_headers=[(b"Origin", b"http://evil.example")]):
                 pass
         assert exc.value.status_code == 403
         with pytest.raises(ConnectionRejected):
             async with open_websocket_url(f"ws://127.0.0.1:{s.port}/events"):  # no token
                 pass
         async with open_websocket_url(
-                url, extra_headers=[("Origin", f"http://127.0.0.1:{s.port}")]) as ws:
+                url, extra_headers=[(b"Origin", f"http://127.0.0.1:{s.port}".encode())]) as ws:
             assert (await _next_event(ws, "hello"))["type"] == "hello"
     r = await s.call("POST", "/tables/create", {"label": "X"},
                      headers={"Origin": "http://evil.example"})
@@ -226,12 +229,7 @@ def test_environment_data_dir(tmp_path: Path) -> None:
     """OPENPROD_HOME (set per test by tests/conftest.py) is the default data directory."""
     home = Path(os.environ["OPENPROD_HOME"])
     assert home.parent == tmp_path
-    r = subprocess.run([*_cli(), "identity"], capture_output=True, text=True, timeout=60,
-                       check=False)
+    r = subprocess.run([*cli_command(), "identity"], capture_output=True, text=True,
+                       timeout=60, check=False)
     assert r.returncode == 0, r.stderr
     assert str(home / "identity.json") in r.stdout
-    assert isinstance(Server, type)
-
-
-def _cli() -> list[str]:
-    return [sys.executable, "-m", "actors.cli"]
