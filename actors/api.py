@@ -596,6 +596,8 @@ async def serve_api(node: Node, host: str, port: int, *,
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
+    # Hypercorn's own "Running on http://…" line lacks the token; the CLI prints the real link.
+    config.loglevel = "WARNING"
     config.graceful_timeout = 5
 
     async def started(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,

@@ -31,6 +31,7 @@ from openprod.core.errors import (
 )
 from openprod.core.identity import Identity
 from openprod.engine import crdt, fracindex
+from openprod.engine import overlays as ovmod
 from openprod.engine import undo as undomod
 from openprod.engine.conflicts import (
     ConflictAlreadyResolved,
@@ -42,7 +43,7 @@ from openprod.engine.conflicts import (
 )
 from openprod.engine.state import StateProjection
 from openprod.engine.statehash import compute as compute_state_hash
-from openprod.engine.views import FieldDef, TableDef, Views
+from openprod.engine.views import FieldDef, TableDef, Views, _read
 from openprod.storage import db
 from openprod.storage.sqlite import SqliteStorage, digest_of
 
@@ -58,6 +59,7 @@ class Result:
     bundle_id: bytes | None
     created: tuple[bytes, ...] = ()
     facet: str | None = None
+    staged: bool = False  # staged into the active overlay: nothing was appended
 
     @property
     def id(self) -> bytes:
@@ -106,6 +108,11 @@ class Workspace:
         self.undo_stack = undomod.UndoStack()
         self._rand = random.Random()
         self._derive()
+        # Overlays (spec 02 §2): local-only, all load stashed; committed ones are forgotten.
+        self.overlays = ovmod.OverlayStore(self.storage.conn)
+        self.overlays.forget_committed(self.storage.has_bundle)
+        self.overlay_events: list[dict[str, Any]] = []  # overlay_drift events, last check
+        self._ov_cache: tuple[int, bytes, ovmod.OverlayState] | None = None
 
     def _derive(self) -> None:
         """Bring the projection up to the oplog head, or just reload its schema caches."""
@@ -177,6 +184,11 @@ class Workspace:
         meta: Mapping[str, Any] | None = None, push_undo: bool = True,
         created: Iterable[bytes] = (), facet: str | None = None,
     ) -> Result:
+        if kind == "user" and payloads:
+            oid = self.overlays.active
+            if oid is not None and all(p.t in ovmod.STAGEABLE or p.t == "SetCRDTField"
+                                       for p in payloads):
+                return self._stage(oid, payloads, tuple(created), facet)
         pre = undomod.preimage(self.views, payloads) if push_undo else ()
         bundle = self._seal(kind, payloads, meta)
         res = self.storage.append([bundle])
@@ -186,6 +198,7 @@ class Workspace:
                 bundle.bundle_id, bundle.hlc, bundle.causal_vc, tuple(payloads), tuple(pre)))
         if kind not in ("undo", "redo"):
             self.undo_stack.redo.clear()
+        self._after_canonical()
         return Result(res.head, bundle.bundle_id, tuple(created), facet)
 
     def _entity(self, ref: bytes | str, ctx: _Ctx | None = None) -> bytes:
@@ -193,6 +206,13 @@ class Workspace:
         e = ref if isinstance(ref, bytes) else _parse_id(ref)
         if ctx is not None and e in ctx.created:
             return e
+        ov = self._ov_state()
+        if ov is not None:
+            if e in ov.deleted:
+                raise EntityDeleted(f"record {ids.to_text(e)} is deleted in this overlay",
+                                    entity_id=ids.to_text(e))
+            if e in ov.created:
+                return e
         row = self.views.entity_row(e)
         if row is None or not row[1]:
             raise NotFound(f"no record {ids.to_text(e)}", entity_id=ids.to_text(e))
@@ -210,6 +230,9 @@ class Workspace:
             return True
         if (e, facet) in ctx.detached:
             return False
+        ov = self._ov_state()
+        if ov is not None and (e, facet) in ov.facets:
+            return ov.facets[(e, facet)]
         return self.views.is_attached(e, facet)
 
     def _write_ops(self, e: bytes, table: TableDef, vals: Mapping[str, Any], ctx: _Ctx,
@@ -372,6 +395,7 @@ class Workspace:
             head = self.storage.append(bundles).head
             self._derive()
         self.undo_stack.redo.clear()
+        self._after_canonical()
         return Result(head, None, tuple(created), t.facet)
 
     def update_record(self, entity: bytes | str, vals: Mapping[str, Any],
@@ -391,7 +415,7 @@ class Workspace:
                 payloads += self._write_ops(e, self.views.table(table), vals, ctx)
                 continue
             by_table: dict[str, dict[str, Any]] = {}
-            tables = self.views.tables_of(e)
+            tables = self._tables_of(e)
             for ref, x in vals.items():
                 owner = _owning_table(tables, ref)
                 by_table.setdefault(owner.facet, {})[ref] = x
@@ -406,7 +430,7 @@ class Workspace:
                      vals: Mapping[str, Any] | None = None) -> Result:
         e = self._entity(entity)
         t = self.views.table(table)
-        if self.views.is_attached(e, t.facet):
+        if self._attached(e, t.facet, _Ctx()):
             raise ValidationError(f"record is already in {t.label!r}", table=t.facet)
         ctx = _Ctx()
         ctx.attached.add((e, t.facet))
@@ -431,7 +455,7 @@ class Workspace:
             if e in seen:
                 continue
             seen.add(e)
-            attached = self.views.attached(e)
+            attached = [t.facet for t in self._tables_of(e)]
             if t is not None:
                 if t.facet not in attached:
                     raise ValidationError(f"record is not in {t.label!r}", table=t.facet,
@@ -440,14 +464,14 @@ class Workspace:
                 attached.remove(t.facet)
             if t is None or not attached:
                 # no table named: the record goes from every table, i.e. the entity is deleted
-                payloads.append(O.DeleteEntity(e, self.views.live_edges_of(e)))
+                payloads.append(O.DeleteEntity(e, self._live_edges_of(e)))
         if not payloads:
             raise ValidationError("nothing to delete")
         return self._commit("user", payloads)
 
     def delete_entity(self, entity: bytes | str) -> Result:
         e = self._entity(entity)
-        return self._commit("user", [O.DeleteEntity(e, self.views.live_edges_of(e))])
+        return self._commit("user", [O.DeleteEntity(e, self._live_edges_of(e))])
 
     def edit_text(self, entity: bytes | str, table: str, field: str, index: int, delete: int,
                   insert: str) -> Result:
@@ -536,7 +560,7 @@ class Workspace:
 
     def delete_edge(self, edge: bytes | str) -> Result:
         g = _as_id(edge)
-        info = self.views.edge(g)
+        info = self._edge_info(g)
         if info is None or info["deleted"]:
             raise NotFound(f"no live edge {ids.to_text(g)}", edge=ids.to_text(g))
         return self._commit("user", [O.DeleteEdge(g)])
@@ -565,7 +589,7 @@ class Workspace:
 
     def set_edge_property(self, edge: bytes | str, key: str, value: Any) -> Result:
         g = _as_id(edge)
-        info = self.views.edge(g)
+        info = self._edge_info(g)
         if info is None or info["deleted"]:
             raise NotFound(f"no live edge {ids.to_text(g)}", edge=ids.to_text(g))
         et = self.views.edge_type(info["type"])
@@ -724,6 +748,9 @@ class Workspace:
 
     # --- undo / redo -------------------------------------------------------------------------
     def undo(self) -> undomod.UndoResult:
+        oid = self.overlays.active
+        if oid is not None:  # an active overlay's undo: canonical untouched (spec 02 §2.9)
+            return self._overlay_undo_result(oid, self.overlays.undo_step(oid))
         st = self.undo_stack
         while st.undo:
             entry = st.undo.pop()
@@ -737,6 +764,7 @@ class Workspace:
             bundle = self._seal("undo", inv, {"undoes": entry.bundle_id})
             head = self.storage.append([bundle]).head
             self._derive()
+            self._after_canonical()
             st.redo.append(undomod.RedoEntry(entry, bundle.bundle_id, bundle.hlc,
                                           bundle.causal_vc, tuple(inv)))
             return self._undo_result("applied", bundle.bundle_id, not_restored=not_restored,
@@ -744,6 +772,12 @@ class Workspace:
         return self._undo_result("empty")
 
     def redo(self) -> undomod.UndoResult:
+        oid = self.overlays.active
+        if oid is not None:
+            done = self.overlays.redo_step(oid)
+            if done:
+                self.check_drift()
+            return self._overlay_undo_result(oid, done)
         st = self.undo_stack
         if not st.redo:
             return self._undo_result("empty")
@@ -756,9 +790,15 @@ class Workspace:
         bundle = self._seal("redo", payloads, {"redoes": r.original.bundle_id})
         head = self.storage.append([bundle]).head
         self._derive()
+        self._after_canonical()
         st.push(undomod.Entry(bundle.bundle_id, bundle.hlc, bundle.causal_vc, tuple(payloads),
                            pre))
         return self._undo_result("applied", bundle.bundle_id, seq=head)
+
+    def _overlay_undo_result(self, oid: bytes, done: bool) -> undomod.UndoResult:
+        return undomod.UndoResult("applied" if done else "empty",
+                                  can_undo=bool(self.overlays.undo.get(oid)),
+                                  can_redo=bool(self.overlays.redo.get(oid)))
 
     def _undo_result(self, status: str, bundle_id: bytes | None = None, *,
                      skipped: list[dict[str, Any]] | None = None,
@@ -768,6 +808,417 @@ class Workspace:
             status, bundle_id, skipped or [], not_restored or [],
             can_undo=bool(self.undo_stack.undo), can_redo=bool(self.undo_stack.redo), seq=seq,
         )
+
+    # --- overlays (spec 02 §2) ---------------------------------------------------------------
+    # Routing: while an overlay is active, record/field/facet/edge commands (bundle kind "user"
+    # whose ops are all stageable) are validated against canonical + the overlay and staged.
+    # Schema, mapping, merge/split, config, rebalance, bulk import, resolve_conflict and the
+    # canonical undo/redo are never staged: they go straight to canonical. CRDT text edits are
+    # refused while an overlay is active (an overlay has no text CRDT state of its own).
+    def _ov_state(self) -> ovmod.OverlayState | None:
+        """The active overlay's staged state (cached on the store's version), or None."""
+        oid = self.overlays.active
+        if oid is None:
+            return None
+        c = self._ov_cache
+        if c is not None and c[0] == self.overlays.version and c[1] == oid:
+            return c[2]
+        st = self.overlays.state(oid)
+        self._ov_cache = (self.overlays.version, oid, st)
+        return st
+
+    def _tables_of(self, e: bytes) -> list[TableDef]:
+        ov = self._ov_state()
+        if ov is None:
+            return self.views.tables_of(e)
+        att = set() if e in ov.created else set(self.views.attached(e))
+        for f, a in ov.staged_facets(e).items():
+            if a:
+                att.add(f)
+            else:
+                att.discard(f)
+        return [t for t in self.views.tables() if t.facet in att]
+
+    def _live_edges_of(self, e: bytes) -> list[bytes]:
+        ov = self._ov_state()
+        out = set() if ov is not None and e in ov.created else set(self.views.live_edges_of(e))
+        if ov is not None:
+            out |= {g for g, p in ov.edges_created.items() if e in _ends(p)}
+            out -= ov.edges_deleted
+        return sorted(out)
+
+    def _edge_info(self, g: bytes) -> dict[str, Any] | None:
+        ov = self._ov_state()
+        info = self.views.edge(g)
+        if ov is None:
+            return info
+        p = ov.edges_created.get(g)
+        if p is not None:
+            src, dst = _ends(p)
+            info = {"edge": g, "type": getattr(p, "type", None), "src": src, "dst": dst,
+                    "deleted": False, "index": getattr(p, "index", None)}
+        if info is not None and g in ov.edges_deleted:
+            info = {**info, "deleted": True}
+        return info
+
+    def _register(self, e: bytes, slot: str) -> tuple[bytes | None, bytes | None, bytes | None]:
+        """The canonical register of a field: (winning op id, value CBOR, sorted tips CBOR if
+        several tips)."""
+        op_id = value = None
+        for v, stamp in self.proj.conn.execute(
+            "SELECT value, stamp FROM fields WHERE entity = ? AND slot = ?", (e, slot)
+        ):
+            op_id = bytes(stamp)[12:]
+            value = bytes(v) if v is not None else None
+        tips = self.views.tips("f", e, slot)
+        tb = codec.encode(sorted(bytes(t[0]) for t in tips)) if len(tips) > 1 else None
+        return op_id, value, tb
+
+    def _latest_op(self, x: bytes) -> bytes | None:
+        for (o,) in self.proj.conn.execute(
+            "SELECT op_id FROM ops WHERE entity = ? ORDER BY hlc DESC, op_id DESC LIMIT 1", (x,)
+        ):
+            return bytes(o)
+        return None
+
+    def _stage(self, oid: bytes, payloads: Sequence[O.Payload], created: tuple[bytes, ...],
+               facet: str | None) -> Result:
+        """Stage one command's ops into the overlay (one overlay undo step)."""
+        if any(p.t == "SetCRDTField" for p in payloads):
+            raise ValidationError("collaborative text fields cannot be edited in an overlay; "
+                                  "stash it first")
+        store = self.overlays
+        first: dict[tuple[bytes, str], ovmod.Row] = {}
+        for r in store.rows(oid):
+            if r.skey is not None and r.entity_id is not None:
+                first.setdefault((r.entity_id, r.skey), r)
+        step, seq = store.new_step(), store.next_seq(oid)
+        rows: list[ovmod.Row] = []
+        for p in payloads:
+            if isinstance(p, O.SetField | O.ClearField):
+                p = attrs.evolve(p, resolves=None, conflict=None)  # tagged again at commit
+            p.check()
+            e = O.target_of(p.t, p.to_wire())
+            skey: str | None = None
+            bop = bval = btips = None
+            if isinstance(p, O.SetField | O.ClearField):
+                skey = self.proj.slot_of(p.facet, p.field)
+                prev = first.get((p.e, skey))
+                if prev is not None:
+                    bop, bval, btips = prev.base_op_id, prev.base_value, prev.base_tips
+                else:
+                    bop, bval, btips = self._register(p.e, skey)
+            elif e is not None:
+                bop = self._latest_op(e)
+            row = ovmod.Row(oid, seq, ids.new_id(), p, e, skey, bop, bval, btips, False, None,
+                            step)
+            if skey is not None and e is not None:
+                first.setdefault((e, skey), row)
+            rows.append(row)
+            seq += 1
+        store.insert(rows)
+        return Result(self.storage.head_seq(), None, created, facet, staged=True)
+
+    def _after_canonical(self) -> None:
+        """After a canonical change: re-check drift, only when some overlay stages ops."""
+        if self.overlays.has_rows():
+            self.check_drift()
+        else:
+            self.overlay_events = []
+
+    def _apply_staged(self, e: bytes, t: TableDef, vals: dict[str, Any],
+                      ov: ovmod.OverlayState) -> tuple[list[str], list[str]]:
+        staged: list[str] = []
+        drifted: list[str] = []
+        for f in t.fields:
+            slot = self.proj.slot_of(f.facet, f.name)
+            r = ov.writes.get((e, slot))
+            if r is None:
+                continue
+            p = r.payload
+            vals[f.name] = _read(self.views, p.value) if isinstance(p, O.SetField) else None
+            staged.append(f.name)
+            if (e, slot) in ov.drifted:
+                drifted.append(f.name)
+        return staged, drifted
+
+    def create_overlay(self, name: str) -> bytes:
+        """A new user overlay, made active (the current one is stashed)."""
+        return self.overlays.create(name)
+
+    def activate_overlay(self, oid: bytes | str) -> None:
+        self.overlays.activate(_as_id(oid))
+
+    def stash_overlay(self, oid: bytes | str) -> None:
+        self.overlays.stash(_as_id(oid))
+
+    def discard_overlay(self, oid: bytes | str) -> None:
+        """Delete an overlay and its staged ops; no oplog write, not undoable."""
+        self.overlays.discard(_as_id(oid))
+
+    def list_overlays(self) -> list[dict[str, Any]]:
+        return self.overlays.list_all()
+
+    @property
+    def active_overlay(self) -> bytes | None:
+        return self.overlays.active
+
+    def overlay_changes(self, oid: bytes | str) -> list[dict[str, Any]]:
+        """The staged ops of an overlay, in staging order."""
+        o = _as_id(oid)
+        self.overlays.get(o)
+        return [{"local_op_id": r.local_op_id, "seq": r.seq, "t": r.payload.t,
+                 "entity_id": r.entity_id, "field": r.skey, "drifted": r.drifted,
+                 "drift_kind": r.drift_kind, "payload": r.payload}
+                for r in self.overlays.rows(o)]
+
+    def knockout(self, oid: bytes | str, local_op_id: bytes | str) -> list[bytes]:
+        return self.overlays.knockout(_as_id(oid), _as_id(local_op_id))
+
+    def knockout_field(self, oid: bytes | str, entity: bytes | str, field: str) -> list[bytes]:
+        o, e = _as_id(oid), _as_id(entity)
+        self.overlays.get(o)
+        keys = {r.skey for r in self.overlays.rows(o) if r.entity_id == e
+                and r.skey is not None and _field_matches(r.skey, field)}
+        return self.overlays.knockout_field(o, e, keys)
+
+    # --- drift (spec 02 §2.6) ----------------------------------------------------------------
+    def check_drift(self) -> list[dict[str, Any]]:
+        """Re-evaluate drift for every overlay; return (and keep in `overlay_events`) one
+        `overlay_drift` event per overlay with newly drifted fields."""
+        events = []
+        for oid in self.overlays.overlay_ids():
+            new = self._drift_of(oid)
+            if new:
+                events.append({"type": "overlay_drift", "overlay_id": oid, "fields": new})
+        self.overlay_events = events
+        return events
+
+    def _drift_of(self, oid: bytes) -> list[dict[str, Any]]:
+        store = self.overlays
+        rows = store.rows(oid)
+        created = {x for r in rows for x in ovmod._creates(r.payload)}
+        found: dict[tuple[bytes, str], str] = {}  # (entity, skey or "$entity") -> kind
+        for r in rows:
+            if r.drifted or r.entity_id is None:
+                continue
+            p = r.payload
+            kind: str | None = None
+            if isinstance(p, O.DeleteEntity):
+                if p.e not in created and self._latest_op(p.e) != r.base_op_id:
+                    kind = "edited"
+                key = (p.e, "$entity")
+            else:
+                key = (r.entity_id, r.skey or "$entity")
+                if r.drift_kind != ovmod.KEPT_DELETED and not isinstance(p, O.RestoreEntity):
+                    for x in ovmod.touched_entities(p) - created:
+                        row = self.views.entity_row(x)
+                        if row is not None and (row[0] or row[2] is not None):
+                            kind, key = "deleted", (x, "$entity")
+                            break
+                if kind is None and r.skey is not None and r.entity_id not in created:
+                    _op, val, tips = self._register(r.entity_id, r.skey)
+                    if tips is not None and tips != r.base_tips and self._is_open(
+                            r.entity_id, r.skey):
+                        kind = "conflict"
+                    elif val != r.base_value:
+                        kind = "value"
+            if kind is not None:
+                found.setdefault(key, kind)
+        if not found:
+            return []
+        for (x, k), kind in found.items():
+            hit = [r.local_op_id for r in rows if not r.drifted and (
+                (k == "$entity" and x in ovmod._touches(r.payload)) or
+                (r.entity_id == x and r.skey == k))]
+            store.mark_drift(oid, hit, kind)
+        return [rec for rec in self.list_drift(oid) if (_as_id(rec["entity_id"]),
+                rec["field_key"]) in found]
+
+    def _is_open(self, e: bytes, slot: str) -> bool:
+        rec = self._conflicts_now().get_raw(conflict_id(e, slot))
+        return rec is not None and rec["status"] == "open"
+
+    def list_drift(self, oid: bytes | str) -> list[dict[str, Any]]:
+        """The drifted fields of an overlay: {entity_id, field, field_key, overlay_value,
+        canonical_value, kind}; field "$entity" for a drift of the whole entity."""
+        o = _as_id(oid)
+        self.overlays.get(o)
+        out: dict[tuple[bytes, str], dict[str, Any]] = {}
+        for r in self.overlays.rows(o):
+            if not r.drifted or r.entity_id is None:
+                continue
+            if r.drift_kind in ("deleted", "edited"):
+                targets = ovmod.touched_entities(r.payload)
+                e = next((x for x in sorted(targets) if not self.views.is_live(x)), r.entity_id)
+                if r.drift_kind == "edited":
+                    e = r.entity_id
+                out.setdefault((e, "$entity"), {
+                    "entity_id": ids.to_text(e), "field": "$entity", "field_key": "$entity",
+                    "overlay_value": None, "canonical_value": None, "kind": r.drift_kind})
+                continue
+            assert r.skey is not None
+            p = r.payload
+            _op, val, _tips = self._register(r.entity_id, r.skey)
+            out[(r.entity_id, r.skey)] = {  # later staged writes overwrite: the shown value
+                "entity_id": ids.to_text(r.entity_id), "field": r.skey.rpartition(".")[2],
+                "field_key": r.skey,
+                "overlay_value": _read(self.views, p.value) if isinstance(p, O.SetField)
+                else None,
+                "canonical_value": _read(self.views, codec.decode(val)) if val is not None
+                else None,
+                "kind": r.drift_kind}
+        return list(out.values())
+
+    def resolve_drift(self, oid: bytes | str, entity: bytes | str, field: str,
+                      choice: str) -> None:
+        """keep_mine: base := current canonical (a `deleted` entity is restored by the commit);
+        use_canonical: knock out the staged writes to the field (`deleted`/`edited`: every
+        staged op touching the entity)."""
+        if choice not in ("keep_mine", "use_canonical"):
+            raise ValidationError("choice must be keep_mine or use_canonical", choice=choice)
+        o, e = _as_id(oid), _as_id(entity)
+        store = self.overlays
+        store.get(o)
+        rows = [r for r in store.rows(o) if r.drifted]
+        whole = [r for r in rows if r.drift_kind in ("deleted", "edited")
+                 and e in ovmod._touches(r.payload)]
+        if whole and (field == "$entity" or not any(
+                r.skey is not None and _field_matches(r.skey, field) for r in rows
+                if r.entity_id == e and r.drift_kind not in ("deleted", "edited"))):
+            if choice == "use_canonical":
+                store.knockout_entity(o, e)
+            elif whole[0].drift_kind == "deleted":
+                for r in whole:
+                    store.update_base(o, [r.local_op_id], base_op_id=r.base_op_id,
+                                      base_value=r.base_value, base_tips=r.base_tips,
+                                      drift_kind=ovmod.KEPT_DELETED)
+            else:
+                store.update_base(o, [r.local_op_id for r in whole],
+                                  base_op_id=self._latest_op(e), base_value=None,
+                                  base_tips=None, drift_kind=None)
+            return
+        hit = [r for r in rows if r.entity_id == e and r.skey is not None
+               and _field_matches(r.skey, field)]
+        if not hit:
+            raise NotFound(f"field {field!r} of record {ids.to_text(e)} has not drifted",
+                           entity_id=ids.to_text(e), field=field)
+        keys = {r.skey for r in hit if r.skey is not None}
+        if choice == "use_canonical":
+            store.knockout_field(o, e, keys)
+            return
+        for k in keys:
+            op_id, val, tips = self._register(e, k)
+            store.update_base(o, [r.local_op_id for r in hit if r.skey == k], base_op_id=op_id,
+                              base_value=val, base_tips=tips, drift_kind=None)
+
+    # --- commit (spec 02 §2.7) -----------------------------------------------------------------
+    def commit_overlay(self, oid: bytes | str) -> bytes | None:
+        """Commit an overlay (active or stashed) as one bundle; None if it staged nothing."""
+        o = _as_id(oid)
+        store = self.overlays
+        info = store.get(o)
+        self.check_drift()
+        drift = self.list_drift(o)
+        if drift:
+            raise ovmod.UnresolvedDriftError(
+                f"overlay {info['name']!r} has {len(drift)} drifted field(s)", drift)
+        rows = store.rows(o)
+        last: dict[tuple[bytes | None, str], int] = {}
+        for r in rows:
+            if r.skey is not None:
+                last[(r.entity_id, r.skey)] = r.seq
+        kept = [r for r in rows if r.skey is None or last[(r.entity_id, r.skey)] == r.seq]
+        if not kept:
+            store.drop(o)
+            return None
+        restore = sorted({r.entity_id for r in rows if r.drift_kind == ovmod.KEPT_DELETED
+                          and r.entity_id is not None})
+        restore = [x for x in {y for r in rows if r.drift_kind == ovmod.KEPT_DELETED
+                               for y in ovmod.touched_entities(r.payload)} | set(restore)
+                   if (row := self.views.entity_row(x)) is not None and row[0]]
+        payloads = self._commit_payloads(sorted(restore), [r.payload for r in kept])
+        source = info["source"]
+        kind = {"script": "script", "import": "import"}.get(source[0], "overlay_commit")
+        pre = undomod.preimage(self.views, payloads)
+        bundle = self._seal(kind, payloads, {"source": source, "name": info["name"]})
+        store.note_commit(o, bundle.bundle_id)
+        try:
+            self.storage.append([bundle])
+        except BaseException:
+            store.note_commit(o, None)
+            raise
+        store.drop(o)
+        self._derive()
+        if undomod.undoable(payloads):
+            self.undo_stack.push(undomod.Entry(
+                bundle.bundle_id, bundle.hlc, bundle.causal_vc, tuple(payloads), tuple(pre)))
+        self.undo_stack.redo.clear()
+        self._after_canonical()
+        return bundle.bundle_id
+
+    def _commit_payloads(self, restore: Sequence[bytes], staged: Sequence[O.Payload],
+                         ) -> list[O.Payload]:
+        """Validate staged ops against current canonical; recompute cascades; tag writes to
+        open-conflict fields as resolutions."""
+        v = self.views
+        ctx = _Ctx()
+        dead: set[bytes] = set()
+        live_now: set[bytes] = set(restore)
+        new_edges: dict[bytes, O.Payload] = {}
+        out: list[O.Payload] = [O.RestoreEntity(e) for e in restore]
+
+        def live(x: bytes) -> bool:
+            return x not in dead and (x in ctx.created or x in live_now or v.is_live(x))
+
+        def need(x: bytes) -> None:
+            if not live(x):
+                raise EntityDeleted(f"record {ids.to_text(x)} is not live",
+                                    entity_id=ids.to_text(x))
+
+        def edge_ok(g: bytes) -> None:
+            if g not in new_edges and v.edge(g) is None:
+                raise NotFound(f"no edge {ids.to_text(g)}", edge=ids.to_text(g))
+
+        for p in staged:
+            if isinstance(p, O.CreateEntity):
+                ctx.created.add(p.e)
+            elif isinstance(p, O.DeleteEntity):
+                need(p.e)
+                cascade = set(v.live_edges_of(p.e)) if p.e not in ctx.created else set()
+                cascade |= {g for g, q in new_edges.items() if p.e in _ends(q)}
+                p = O.DeleteEntity(p.e, sorted(cascade))
+                dead.add(p.e)
+            elif isinstance(p, O.RestoreEntity):
+                if v.entity_row(p.e) is None and p.e not in ctx.created:
+                    raise NotFound(f"no record {ids.to_text(p.e)}", entity_id=ids.to_text(p.e))
+                dead.discard(p.e)
+                live_now.add(p.e)
+            elif isinstance(p, O.AttachFacet):
+                need(p.e)
+                ctx.attached.add((p.e, p.facet))
+                ctx.detached.discard((p.e, p.facet))
+            elif isinstance(p, O.DetachFacet):
+                need(p.e)
+                ctx.detached.add((p.e, p.facet))
+                ctx.attached.discard((p.e, p.facet))
+            elif isinstance(p, O.SetField | O.ClearField):
+                need(p.e)
+                a = (p.e, p.facet)
+                if a in ctx.detached or (a not in ctx.attached and not v.is_attached(*a)):
+                    raise ValidationError(f"record {ids.to_text(p.e)} is no longer in table "
+                                          f"{p.facet}", entity_id=ids.to_text(p.e),
+                                          table=p.facet)
+                p = self._tag_if_open(p.e, self.proj.slot_of(p.facet, p.field), p, ctx)
+            elif isinstance(p, O.CreateEdge | O.CreateOrderedEdge):
+                need(p.src)
+                need(p.dst)
+                new_edges[p.edge] = p
+            elif isinstance(p, O.DeleteEdge | O.RestoreEdge | O.SetEdgeProperty
+                            | O.ClearEdgeProperty | O.MoveOrderedEdge):
+                edge_ok(p.edge)
+            out.append(p)
+        return out
 
     # --- sync: ingest and catch-up -----------------------------------------------------------
     def ingest(self, records: Iterable[Any]) -> IngestReport:
@@ -825,6 +1276,7 @@ class Workspace:
                 self.clock.receive(b.hlc)
                 report.applied.append(b.bundle_id)
         self._derive()
+        self._after_canonical()
         return attrs.evolve(report, seq=self.storage.head_seq())
 
     def ops_since(self, vc: Mapping[bytes, bytes]) -> list[list[Any]]:
@@ -876,16 +1328,75 @@ class Workspace:
     def list_tables(self) -> list[dict[str, Any]]:
         return [t.to_json() for t in self.views.tables()]
 
-    def list_records(self, table: str) -> list[dict[str, Any]]:
-        return self.views.records(self.views.table(table))
+    def list_records(self, table: str, *, canonical: bool = False) -> list[dict[str, Any]]:
+        """A table's records; with an overlay active (and not canonical), as it shows them."""
+        t = self.views.table(table)
+        ov = None if canonical else self._ov_state()
+        if ov is None:
+            return self.views.records(t)
+        members = set(self.views.record_ids(t.facet))
+        for (e, facet), att in ov.facets.items():
+            if facet == t.facet:
+                if att and (e in ov.created or self.views.is_live(e)):
+                    members.add(e)
+                else:
+                    members.discard(e)
+        out = []
+        for e in sorted(members - ov.deleted):
+            if e in ov.created:
+                rec: dict[str, Any] = {"id": ids.to_text(e), "table": t.facet,
+                                       "values": {f.name: None for f in t.fields},
+                                       "conflicts": []}
+            else:
+                rec = self.views.record(e, t)
+            rec["staged"], rec["drifted"] = self._apply_staged(e, t, rec["values"], ov)
+            out.append(rec)
+        return out
 
-    def get_record(self, entity: bytes | str) -> dict[str, Any]:
-        return self.views.get_record(_as_id(entity))
+    def get_record(self, entity: bytes | str, *, canonical: bool = False) -> dict[str, Any]:
+        """A record; with an overlay active (and not canonical), as the overlay shows it:
+        staged values over canonical, plus `staged` and `drifted` field-name lists."""
+        e = _as_id(entity)
+        ov = None if canonical else self._ov_state()
+        if ov is None:
+            return self.views.get_record(e)
+        if e in ov.deleted:
+            raise NotFound(f"no record {ids.to_text(e)}", entity_id=ids.to_text(e))
+        if e not in ov.created:
+            e = self.proj.resolve(e)
+            if not self.views.is_live(e):
+                raise NotFound(f"no record {ids.to_text(e)}", entity_id=ids.to_text(e))
+        tables = self._tables_of(e)
+        vals: dict[str, Any] = {}
+        conflicts: list[str] = []
+        staged: list[str] = []
+        drifted: list[str] = []
+        for t in tables:
+            if e in ov.created:
+                v: dict[str, Any] = {f.name: None for f in t.fields}
+            else:
+                v, c = self.views.record_values(e, t)
+                conflicts += c
+            s, d = self._apply_staged(e, t, v, ov)
+            vals.update(v)
+            staged += s
+            drifted += d
+        return {"id": ids.to_text(e), "tables": [t.facet for t in tables], "values": vals,
+                "conflicts": conflicts, "staged": staged, "drifted": drifted}
 
     def list_edges(self, entity: bytes | str | None = None, etype: str | None = None,
                    direction: str = "both") -> list[dict[str, Any]]:
         return self.views.list_edges(None if entity is None else _as_id(entity), etype,
                                      direction)
+
+
+def _ends(p: O.Payload) -> tuple[bytes | None, bytes | None]:
+    return getattr(p, "src", None), getattr(p, "dst", None)
+
+
+def _field_matches(skey: str, field: str) -> bool:
+    """A staged field key named by its key or by its field name."""
+    return field in (skey, skey.rpartition(".")[2])
 
 
 def _owning_table(tables: Sequence[TableDef], ref: str) -> TableDef:
