@@ -384,17 +384,21 @@ class StateProjection:
             quarantined = self._quarantined()
             hw = sk = ZERO_STAMP
             n = 0
+            # In canonical order no op is late (each stamp is the newest so far), so the high
+            # water used by `_is_late` can stay at zero; a replay is announced as one resync, so
+            # per-op change tracking is skipped too.
+            self._hw = ZERO_STAMP
+            handlers, decode = self._handlers, self._decode
             try:
                 cur = self.conn.cursor()
                 for row in cur.execute(
                     "SELECT seq, op_id, bundle_id, hlc, actor, t, body, op_hash FROM ops"
                     " WHERE seq <= ? ORDER BY hlc, op_id", (head,),
                 ):
-                    if bytes(row[2]) in quarantined:
+                    if quarantined and row[2] in quarantined:
                         continue
-                    op = self._decode(row)
-                    self._hw = hw
-                    self._apply(op)
+                    op = decode(row)
+                    handlers[op.t](op)
                     hw = op.stamp
                     if op.t in STRUCTURAL:
                         sk = op.stamp
