@@ -83,6 +83,7 @@ class _Ctx:
         self.detached: set[tuple[bytes, str]] = set()
         self.slots: set[tuple[bytes, str]] = set()
         self.edges: set[bytes] = set()
+        self.canonical = False  # True: validate against canonical only (never staged)
 
 
 class Workspace:
@@ -201,12 +202,16 @@ class Workspace:
         self._after_canonical()
         return Result(res.head, bundle.bundle_id, tuple(created), facet)
 
-    def _entity(self, ref: bytes | str, ctx: _Ctx | None = None) -> bytes:
-        """A live entity for a local command (merged ids are refused, not retargeted)."""
+    def _entity(self, ref: bytes | str, ctx: _Ctx | None = None, *,
+                canonical: bool = False) -> bytes:
+        """A live entity for a local command (merged ids are refused, not retargeted).
+
+        With an overlay active, entities it created count as live and ones it deleted as
+        deleted, unless `canonical` (commands that are never staged)."""
         e = ref if isinstance(ref, bytes) else _parse_id(ref)
         if ctx is not None and e in ctx.created:
             return e
-        ov = self._ov_state()
+        ov = None if canonical else self._ov_state()
         if ov is not None:
             if e in ov.deleted:
                 raise EntityDeleted(f"record {ids.to_text(e)} is deleted in this overlay",
@@ -230,7 +235,7 @@ class Workspace:
             return True
         if (e, facet) in ctx.detached:
             return False
-        ov = self._ov_state()
+        ov = None if ctx.canonical else self._ov_state()
         if ov is not None and (e, facet) in ov.facets:
             return ov.facets[(e, facet)]
         return self.views.is_attached(e, facet)
@@ -603,14 +608,14 @@ class Workspace:
 
     # --- identity repair, mappings, config ----------------------------------------------------
     def merge(self, a: bytes | str, b: bytes | str) -> Result:
-        ea, eb = self._entity(a), self._entity(b)
+        ea, eb = self._entity(a, canonical=True), self._entity(b, canonical=True)
         if ea == eb:
             raise ValidationError("cannot merge a record with itself")
         return self._commit("user", [O.MergeEntities(min(ea, eb), max(ea, eb))],
                             push_undo=False)
 
     def split(self, source: bytes | str, tables: Sequence[str]) -> Result:
-        e = self._entity(source)
+        e = self._entity(source, canonical=True)
         facets = sorted({self.views.table(t).facet for t in tables})
         attached = set(self.views.attached(e))
         missing = [f for f in facets if f not in attached]
@@ -653,7 +658,7 @@ class Workspace:
         the current tips and `conflict` = the conflict_id (spec 02 §1.6, §1.8). Not undoable
         (never pushed on the undo stack); like any new local command it clears redo.
         """
-        e = self._entity(entity)
+        e = self._entity(entity, canonical=True)
         t = self.views.table(table)
         f = t.field(field)
         slot = self.proj.slot_of(f.facet, f.name)
@@ -702,7 +707,7 @@ class Workspace:
         if choice is not None:
             raise ValidationError("choice applies to delete conflicts only", choice=choice)
         skey = rec["skey"]
-        e = self._entity(e)
+        e = self._entity(e, canonical=True)
         members = sorted({skey} | {k for k, s in self.proj.slots.items() if s == skey})
         for key in members:
             facet, name = values.split_field_key(key)
@@ -714,7 +719,9 @@ class Workspace:
 
     def _resolution_write(self, e: bytes, t: TableDef, name: str, value: Any,
                           tips: list[bytes], cid: bytes) -> Result:
-        (write,) = self._write_ops(e, t, {name: value}, _Ctx())
+        ctx = _Ctx()
+        ctx.canonical = True
+        (write,) = self._write_ops(e, t, {name: value}, ctx)
         assert isinstance(write, O.SetField | O.ClearField)
         tagged = attrs.evolve(write, resolves=tips, conflict=cid)
         return self._commit("resolution", [tagged], push_undo=False)
@@ -1385,9 +1392,36 @@ class Workspace:
                 "conflicts": conflicts, "staged": staged, "drifted": drifted}
 
     def list_edges(self, entity: bytes | str | None = None, etype: str | None = None,
-                   direction: str = "both") -> list[dict[str, Any]]:
-        return self.views.list_edges(None if entity is None else _as_id(entity), etype,
-                                     direction)
+                   direction: str = "both", *, canonical: bool = False,
+                   ) -> list[dict[str, Any]]:
+        """Visible edges; with an overlay active (and not canonical), canonical edges minus
+        the ones it deletes (or hides by deleting an end) plus the ones it creates."""
+        e = None if entity is None else _as_id(entity)
+        out = self.views.list_edges(e, etype, direction)
+        ov = None if canonical else self._ov_state()
+        if ov is None:
+            return out
+        dead = {ids.to_text(x) for x in ov.deleted}
+        gone = {ids.to_text(g) for g in ov.edges_deleted}
+        out = [d for d in out if d["id"] not in gone and d["src"] not in dead
+               and d["dst"] not in dead]
+        for g, p in ov.edges_created.items():
+            src, dst = _ends(p)
+            if g in ov.edges_deleted or src in ov.deleted or dst in ov.deleted:
+                continue
+            if etype is not None and getattr(p, "type", None) != etype:
+                continue
+            if e is not None and not ((direction in ("both", "out") and src == e)
+                                      or (direction in ("both", "in") and dst == e)):
+                continue
+            assert src is not None and dst is not None
+            out.append({"id": ids.to_text(g), "type": getattr(p, "type", None),
+                        "src": ids.to_text(src), "dst": ids.to_text(dst),
+                        "index": getattr(p, "index", None),
+                        "props": {k: values.to_user(v)
+                                  for k, v in sorted((getattr(p, "props", None) or {}).items())},
+                        "staged": True})
+        return out
 
 
 def _ends(p: O.Payload) -> tuple[bytes | None, bytes | None]:
