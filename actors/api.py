@@ -25,9 +25,10 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from actors.node import Node
-from openprod.core import ids
+from actors.overlay_manager import drift_event
+from openprod.core import codec, ids
 from openprod.core.errors import NotFound, OpenprodError, ValidationError
-from openprod.engine.views import Views
+from openprod.engine.views import Views, _read
 from openprod.engine.workspace import Result, Workspace
 from openprod.storage.sqlite import digest_of
 
@@ -40,7 +41,9 @@ AFTER_TIMEOUT_S = 30
 STATUS = {
     "not_found": 404, "entity_deleted": 409, "entity_merged": 409, "shutting_down": 503,
     "unauthorized": 401, "forbidden": 403, "too_large": 413, "method_not_allowed": 405,
-    "timeout": 503,
+    "timeout": 503, "conflict_not_found": 404, "conflict_resolved": 409,
+    "stale_conflict_state": 409, "overlay_not_found": 404, "overlay_active": 409,
+    "unresolved_drift": 409,
 }
 
 Handler = Callable[..., Awaitable[Any]]
@@ -121,12 +124,40 @@ def _result(r: Result, **extra: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"seq": r.seq}
     if r.bundle_id is not None:
         out["bundle_id"] = ids.to_text(r.bundle_id)
+    if r.staged:
+        out["staged"] = True
     out.update(extra)
     return out
 
 
-async def _command(node: Node, fn: Callable[[Workspace], Any]) -> Any:
-    return await node.current.writer.call(fn)
+async def _command(node: Node, fn: Callable[[Workspace], Any], *,
+                   overlays_changed: bool = False) -> Any:
+    """Run a command on the writer. A command staged into the active overlay (or an overlay
+    command, `overlays_changed`) publishes `overlays_changed {active, seq}` once it is done.
+    Drift the command itself found (an overlay commit or redo re-checks it) is published as
+    `overlay_drift`, even when the command was refused."""
+    session = node.current
+    drift: list[dict[str, Any]] = []
+
+    def run(ws: Workspace) -> tuple[Any, bytes | None]:
+        before = ws.overlay_events
+        try:
+            return fn(ws), ws.overlays.active
+        finally:
+            session.active_overlay = ws.overlays.active
+            if ws.overlay_events is not before:
+                drift.extend(ws.overlay_events)
+
+    try:
+        result, active = await session.writer.call(run)
+    finally:
+        for ev in drift:
+            node.hub.publish(drift_event(ev, session.writer.appended))
+    if overlays_changed or (isinstance(result, Result) and result.staged):
+        node.hub.publish({"type": "overlays_changed",
+                          "active": ids.to_text(active) if active is not None else None,
+                          "seq": session.writer.appended})
+    return result
 
 
 async def _query(node: Node, fn: Callable[[Views], Any]) -> Any:
@@ -147,6 +178,33 @@ async def _query(node: Node, fn: Callable[[Views], Any]) -> Any:
             raise ApiError("timeout", "the projection is still catching up; retry")
     result = await session.reader.read(fn)
     return result
+
+
+async def _after(node: Node) -> None:
+    """Validate `after=` and wait for both projections (state and conflicts) to apply it."""
+    session = node.current
+    raw = request.args.get("after")
+    if raw is None:
+        return
+    try:
+        after = int(raw)
+    except ValueError:
+        raise ValidationError("after must be an integer seq", field="after") from None
+    if after > session.writer.appended:
+        raise ValidationError(f"seq {after} has not been appended here", field="after",
+                              head=session.writer.appended)
+    with trio.move_on_after(AFTER_TIMEOUT_S):
+        await session.deriver.wait_applied(after)
+        await session.conflicts.wait_applied(after)
+    if session.deriver.applied < after or session.conflicts.applied < after:
+        raise ApiError("timeout", "the projections are still catching up; retry")
+
+
+def _overlay_view(node: Node) -> bool:
+    """Serve record reads through the writer's overlay-aware view (an overlay is active and
+    the caller did not ask for `canonical=1`)."""
+    return node.current.active_overlay is not None and request.args.get(
+        "canonical", "") not in ("1", "true")
 
 
 # --- routes -----------------------------------------------------------------------------------
@@ -205,9 +263,22 @@ async def current_workspace(node: Node, body: Any) -> dict[str, Any]:
     s = node.current
     name = next((w["name"] for w in node.home.list_workspaces() if w["id"] == s.ws_id), "")
     stack = s.ws.undo_stack
+    active = None
+    if s.active_overlay is not None:
+        active = await s.writer.call(_active_overlay_info)
     return {"id": s.ws_id, "name": name, "seq": s.writer.appended,
             "can_undo": bool(stack.undo), "can_redo": bool(stack.redo),
-            "actor_id": node.ident.actor.hex(), "display_name": node.ident.display_name}
+            "actor_id": node.ident.actor.hex(), "display_name": node.ident.display_name,
+            "active_overlay": active,
+            "conflicts_open": await s.conflict_reader.read(lambda c: c.count_open())}
+
+
+def _active_overlay_info(ws: Workspace) -> dict[str, Any] | None:
+    oid = ws.overlays.active
+    if oid is None:
+        return None
+    info = ws.overlays.get(oid)
+    return {"id": ids.to_text(oid), "name": info["name"], "changes": info["changes"]}
 
 
 @api("/workspace/state", "GET", "State hash and oplog digest at the current head")
@@ -287,18 +358,27 @@ async def delete_records(node: Node, body: dict[str, Any]) -> dict[str, Any]:
     return _result(r)
 
 
-@api("/records/list", "GET", "Records of a table", query=("table", "after"))
+@api("/records/list", "GET", "Records of a table (as the active overlay shows them unless "
+     "canonical=1)", query=("table", "after", "canonical"))
 async def list_records(node: Node, body: Any) -> dict[str, Any]:
     table = request.args.get("table")
     if not table:
         raise ValidationError("missing query parameter 'table'", field="table")
+    if _overlay_view(node):
+        await _after(node)
+        rows = await node.current.writer.call(lambda ws: ws.list_records(table))
+        return {"records": rows, "seq": node.current.writer.appended}
     rows = await _query(node, lambda v: v.records(v.table(table)))
     return {"records": rows, "seq": node.current.deriver.applied}
 
 
-@api("/records/<id>", "GET", "One record with the values of all its tables", query=("after",))
+@api("/records/<id>", "GET", "One record with the values of all its tables",
+     query=("after", "canonical"))
 async def get_record(node: Node, body: Any, id: str) -> dict[str, Any]:
     e = _id(id)
+    if _overlay_view(node):
+        await _after(node)
+        return dict(await node.current.writer.call(lambda ws: ws.get_record(e)))
     return dict(await _query(node, lambda v: v.get_record(e)))
 
 
@@ -362,7 +442,9 @@ async def list_edges(node: Node, body: Any) -> dict[str, Any]:
 
 
 async def _undo_redo(node: Node, which: str) -> dict[str, Any]:
-    r = await _command(node, lambda ws: ws.undo() if which == "undo" else ws.redo())
+    staging = node.current.active_overlay is not None  # undo/redo act on the overlay
+    r = await _command(node, lambda ws: ws.undo() if which == "undo" else ws.redo(),
+                       overlays_changed=staging)
     out = dict(r.to_json())
     out["seq"] = r.seq if r.seq is not None else node.current.writer.appended
     return out
@@ -376,6 +458,193 @@ async def undo(node: Node, body: dict[str, Any]) -> dict[str, Any]:
 @api("/redo", "POST", "Redo the last undone change", body=obj())
 async def redo(node: Node, body: dict[str, Any]) -> dict[str, Any]:
     return await _undo_redo(node, "redo")
+
+
+# --- conflicts (spec 02 §1) -------------------------------------------------------------------
+
+@api("/conflicts/list", "GET", "Conflicts (open, or all with status=all), with their tips",
+     query=("status", "after"))
+async def list_conflicts(node: Node, body: Any) -> dict[str, Any]:
+    status = request.args.get("status", "open")
+    if status not in ("open", "all"):
+        raise ValidationError("status must be 'open' or 'all'", field="status")
+    await _after(node)
+    s = node.current
+    seq = s.conflicts.applied
+    rows, count = await s.conflict_reader.read(lambda c: (c.list(status), c.count_open()))
+    return {"conflicts": rows, "count_open": count, "seq": seq}
+
+
+@api("/conflicts/resolve", "POST",
+     "Resolve an open conflict: `value` (any JSON value of the field's type; null or absent "
+     "clears) for a field conflict, or choice restore/keep_deleted for a delete conflict",
+     body=obj(["conflict_id"], conflict_id=ID, choice=STR, expected_tips={**ARR, "items": ID}))
+async def resolve_conflict(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    cid = _id(_field(body, "conflict_id", str), "conflict_id")
+    value = body.get("value")
+    choice = _field(body, "choice", str, required=False)
+    if choice is not None and choice not in ("restore", "keep_deleted"):
+        raise ValidationError("choice must be 'restore' or 'keep_deleted'", field="choice")
+    raw_tips = _field(body, "expected_tips", list, required=False)
+    tips = None
+    if raw_tips is not None:
+        if not all(isinstance(t, str) for t in raw_tips):
+            raise ValidationError("expected_tips must be a list of op ids", field="expected_tips")
+        tips = [_id(t, "expected_tips") for t in raw_tips]
+    r = await _command(node, lambda ws: ws.resolve_conflict(cid, value, choice=choice,
+                                                            expected_tips=tips))
+    return _result(r)
+
+
+# --- overlays (spec 02 §2) --------------------------------------------------------------------
+
+def _overlay_json(info: dict[str, Any]) -> dict[str, Any]:
+    return {"id": ids.to_text(info["id"]), "name": info["name"], "source": info["source"],
+            "status": info["status"], "created_at": info["created_at"],
+            "changes": info["changes"], "drifted": info["drifted"]}
+
+
+@api("/overlays/list", "GET", "Overlays (staging areas) and which one is active",
+     query=("after",))
+async def list_overlays(node: Node, body: Any) -> dict[str, Any]:
+    await _after(node)
+
+    def fn(ws: Workspace) -> dict[str, Any]:
+        active = ws.overlays.active
+        return {"overlays": [_overlay_json(o) for o in ws.list_overlays()],
+                "active": ids.to_text(active) if active is not None else None}
+    return dict(await _command(node, fn))
+
+
+@api("/overlays/create", "POST", "Create an overlay and make it active (the current one is "
+     "stashed)", body=obj(["name"], name=STR))
+async def create_overlay(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    name = _field(body, "name", str)
+    oid = await _command(node, lambda ws: ws.create_overlay(name), overlays_changed=True)
+    return {"overlay_id": ids.to_text(oid), "seq": node.current.writer.appended}
+
+
+def _oid(body: dict[str, Any], key: str = "id") -> bytes:
+    return _id(_field(body, key, str), key)
+
+
+@api("/overlays/activate", "POST", "Make an overlay active (stash_current: true stashes the "
+     "active one; without it an active overlay is overlay_active)",
+     body=obj(["id"], id=ID, stash_current=BOOL))
+async def activate_overlay(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    oid = _oid(body)
+    stash = bool(_field(body, "stash_current", bool, required=False))
+
+    def fn(ws: Workspace) -> None:
+        ws.overlays.get(oid)
+        current = ws.overlays.active
+        if current is not None and current != oid and not stash:
+            raise ApiError("overlay_active", "another overlay is active; stash it first (or "
+                           "pass stash_current: true)", active=ids.to_text(current))
+        ws.activate_overlay(oid)
+    await _command(node, fn, overlays_changed=True)
+    return {"seq": node.current.writer.appended, "active": ids.to_text(oid)}
+
+
+@api("/overlays/stash", "POST", "Stash an overlay (nothing is active then)",
+     body=obj(["id"], id=ID))
+async def stash_overlay(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    oid = _oid(body)
+    await _command(node, lambda ws: ws.stash_overlay(oid), overlays_changed=True)
+    return {"seq": node.current.writer.appended}
+
+
+@api("/overlays/commit", "POST", "Commit an overlay's changes as one change (409 "
+     "unresolved_drift while a field drifted)", body=obj(["id"], id=ID))
+async def commit_overlay(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    oid = _oid(body)
+    bid = await _command(node, lambda ws: ws.commit_overlay(oid), overlays_changed=True)
+    return {"seq": node.current.writer.appended,
+            "bundle_id": ids.to_text(bid) if bid is not None else None}
+
+
+@api("/overlays/discard", "POST", "Throw an overlay and its staged changes away",
+     body=obj(["id"], id=ID))
+async def discard_overlay(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    oid = _oid(body)
+    await _command(node, lambda ws: ws.discard_overlay(oid), overlays_changed=True)
+    return {"seq": node.current.writer.appended}
+
+
+@api("/overlays/drop-change", "POST", "Remove one staged change (local_op_id) or every staged "
+     "write to one field (entity_id + field)",
+     body=obj(["overlay_id"], overlay_id=ID, local_op_id=ID, entity_id=ID, field=STR))
+async def drop_change(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    oid = _oid(body, "overlay_id")
+    raw_lid = _field(body, "local_op_id", str, required=False)
+    raw_e = _field(body, "entity_id", str, required=False)
+    raw_field = _field(body, "field", str, required=False)
+    if raw_lid is not None:
+        lid = _id(raw_lid, "local_op_id")
+
+        def fn(ws: Workspace) -> list[bytes]:
+            return ws.knockout(oid, lid)
+    else:
+        if raw_e is None or raw_field is None:
+            raise ValidationError("name the change: local_op_id, or entity_id and field",
+                                  field="local_op_id")
+        e, field = _id(raw_e, "entity_id"), raw_field
+
+        def fn(ws: Workspace) -> list[bytes]:
+            gone = ws.knockout_field(oid, e, field)
+            if not gone:
+                raise NotFound(f"no staged change to field {field!r} of record "
+                               f"{ids.to_text(e)}", entity_id=ids.to_text(e), field=field)
+            return gone
+    dropped = await _command(node, fn, overlays_changed=True)
+    return {"seq": node.current.writer.appended, "dropped": [ids.to_text(x) for x in dropped]}
+
+
+@api("/overlays/resolve-drift", "POST", "Answer a drifted field: keep_mine or use_canonical",
+     body=obj(["overlay_id", "entity_id", "field", "choice"], overlay_id=ID, entity_id=ID,
+              field=STR, choice=STR))
+async def resolve_drift(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    oid = _oid(body, "overlay_id")
+    e = _id(_field(body, "entity_id", str), "entity_id")
+    field = _field(body, "field", str)
+    choice = _field(body, "choice", str)
+    if choice not in ("keep_mine", "use_canonical"):
+        raise ValidationError("choice must be 'keep_mine' or 'use_canonical'", field="choice")
+    await _command(node, lambda ws: ws.resolve_drift(oid, e, field, choice),
+                   overlays_changed=True)
+    return {"seq": node.current.writer.appended}
+
+
+@api("/overlays/<id>/changes", "GET", "An overlay's staged changes and its drifted fields",
+     query=("after",))
+async def overlay_changes(node: Node, body: Any, id: str) -> dict[str, Any]:
+    oid = _id(id)
+    await _after(node)
+    return dict(await _command(node, lambda ws: _changes(ws, oid)))
+
+
+def _changes(ws: Workspace, oid: bytes) -> dict[str, Any]:
+    ws.overlays.get(oid)
+    views = ws.views
+    out = []
+    for r in ws.overlays.rows(oid):
+        p = r.payload
+        facet = getattr(p, "facet", None)
+        name = getattr(p, "field", None)
+        label = None
+        if facet is not None and name is not None:
+            f = views.field_def(facet, name)
+            label = f.label if f is not None else None
+        old = new = None
+        if r.skey is not None:
+            old = _read(views, codec.decode(r.base_value)) if r.base_value is not None else None
+            new = _read(views, getattr(p, "value", None)) if p.t == "SetField" else None
+        out.append({"local_op_id": ids.to_text(r.local_op_id), "op": p.t,
+                    "entity_id": ids.to_text(r.entity_id) if r.entity_id is not None else None,
+                    "table": facet, "field_name": name, "field_label": label,
+                    "old_value": old, "new_value": new, "drifted": r.drifted,
+                    "drift_kind": r.drift_kind})
+    return {"changes": out, "drift": ws.list_drift(oid)}
 
 
 # --- the app ----------------------------------------------------------------------------------
@@ -440,8 +709,11 @@ def openapi() -> dict[str, Any]:
             "cookie": {"type": "apiKey", "in": "cookie", "name": COOKIE}}},
         "paths": paths,
         "x-websocket": {"/events": "events: records_changed {table, entity_ids, seq}, "
-                        "tables_changed {seq}, resync, workspace_opened; ?since=<event_id> "
-                        "replays what a reconnecting client missed"},
+                        "tables_changed {seq}, resync, workspace_opened, conflict_opened / "
+                        "conflict_updated / conflict_resolved / resolution_rejected "
+                        "{conflict_id, entity_id, field, reopened?, seq}, overlay_drift "
+                        "{overlay_id, fields}, overlays_changed {active, seq}; "
+                        "?since=<event_id> replays what a reconnecting client missed"},
     }
 
 

@@ -2,8 +2,10 @@
 
     Node
     ├── Session (one open workspace; replaced on /workspace/open)
-    │   ├── StateDeriver   projection + events
-    │   └── OplogWriter    sole writer: commands and ingest
+    │   ├── StateDeriver     projection + events
+    │   ├── ConflictManager  conflict projection + conflict events (wakes after the deriver)
+    │   ├── OplogWriter      sole writer: commands and ingest; owns the overlay store
+    │   └── OverlayManager   drift re-check after canonical changes (wakes after conflicts)
     └── Api                Quart-Trio on Hypercorn (HTTP, WebSocket /events, web/)
 
 A crash in any actor cancels the whole tree (structured concurrency) and `serve` re-raises it
@@ -20,9 +22,11 @@ from typing import Any
 
 import trio
 
+from actors.conflict_manager import ConflictManager, ConflictReader
 from actors.events import EventHub
 from actors.home import Home
 from actors.oplog_writer import OplogWriter
+from actors.overlay_manager import OverlayManager
 from actors.reader import Reader
 from actors.state_deriver import StateDeriver
 from openprod.core import ids
@@ -40,8 +44,15 @@ class Session:
         self.ws = Workspace.open(path, ident, derive=False)
         self.ws_id = ids.to_text(self.ws.ws)
         self.deriver = StateDeriver(path / OPLOG_FILE, hub)
-        self.writer = OplogWriter(self.ws, self.deriver)
+        self.conflicts = ConflictManager(path / OPLOG_FILE, hub)
+        self.deriver.listeners.append(self.conflicts.notify)
+        self.writer = OplogWriter(self.ws, self.deriver, self.conflicts)
+        self.overlays = OverlayManager(path / OPLOG_FILE, self.writer, hub)
+        self.conflicts.listeners.append(self.overlays.notify)
         self.reader = Reader(path / OPLOG_FILE)
+        self.conflict_reader = ConflictReader(path / OPLOG_FILE)
+        # the active overlay as of the last writer call (overlays all load stashed)
+        self.active_overlay: bytes | None = self.ws.overlays.active
         self.cancel_scope = trio.CancelScope()
         self.done = trio.Event()
 
@@ -51,14 +62,20 @@ class Session:
             with self.cancel_scope:
                 async with trio.open_nursery() as n:
                     await n.start(self.deriver.run)
+                    await n.start(self.conflicts.run)
                     await n.start(self.writer.run)
-                    # bring the projection up to the oplog head before serving reads
-                    self.deriver.notify(self.ws.storage.head_seq())
-                    await self.deriver.wait_applied(self.ws.storage.head_seq())
+                    await n.start(self.overlays.run)
+                    # bring the projections up to the oplog head before serving reads
+                    head = self.ws.storage.head_seq()
+                    self.deriver.notify(head)
+                    self.conflicts.notify(head)
+                    await self.deriver.wait_applied(head)
+                    await self.conflicts.wait_applied(head)
                     task_status.started()
         finally:
             self.writer.close()
             self.reader.close()
+            self.conflict_reader.close()
             self.ws.close()
             self.done.set()
 

@@ -1,16 +1,17 @@
 """OplogWriter: the sole writer of the ops tables; serialises every command and every ingest.
 
-Before running a command it waits until the StateDeriver has applied everything it appended, so
-validation reads its own writes; each command runs in a worker thread inside one read snapshot of
-the derived tables, then `Appended(seq)` wakes the projections. An in-flight command always
-finishes (worker threads are not abandoned); after `close()` new commands are refused.
+Before running a command it waits until the StateDeriver (and the ConflictManager, when given)
+have applied everything it appended, so validation reads its own writes; each command runs in a
+worker thread inside one read snapshot of the derived tables, then `Appended(seq)` wakes the
+projections. An in-flight command always finishes (worker threads are not abandoned); after
+`close()` new commands are refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import outcome
 import trio
@@ -19,6 +20,9 @@ from actors.messages import Call
 from actors.state_deriver import StateDeriver
 from openprod.core.errors import OpenprodError
 from openprod.engine.workspace import Workspace
+
+if TYPE_CHECKING:
+    from actors.conflict_manager import ConflictManager
 
 T = TypeVar("T")
 QUEUE = 64
@@ -29,9 +33,11 @@ class ShuttingDown(OpenprodError):
 
 
 class OplogWriter:
-    def __init__(self, ws: Workspace, deriver: StateDeriver) -> None:
+    def __init__(self, ws: Workspace, deriver: StateDeriver,
+                 conflicts: ConflictManager | None = None) -> None:
         self.ws = ws
         self.deriver = deriver
+        self.conflicts = conflicts
         self._send, self._recv = trio.open_memory_channel[Call](QUEUE)
         self._limiter = trio.CapacityLimiter(1)
         self.appended = ws.storage.head_seq()
@@ -61,6 +67,8 @@ class OplogWriter:
             try:
                 async for msg in self._recv:
                     await self.deriver.wait_applied(self.appended)
+                    if self.conflicts is not None:  # resolution commands read conflict state
+                        await self.conflicts.wait_applied(self.appended)
                     result = await trio.to_thread.run_sync(self._run, msg.fn,
                                                            limiter=self._limiter)
                     head = self.ws.storage.head_seq()
@@ -95,6 +103,7 @@ class OplogWriter:
         conn = self.ws.proj.conn
         conn.execute("BEGIN")  # one consistent snapshot of the derived tables for validation
         try:
+            self.ws.proj.refresh()  # schema/slot/redirect caches as the deriver committed them
             result: outcome.Outcome[Any] = outcome.capture(fn, self.ws)
             return result
         finally:

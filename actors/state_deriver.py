@@ -7,6 +7,7 @@ changed into `records_changed` / `tables_changed` events.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ class StateDeriver:
         self._wake = trio.Event()
         self._lot = trio.lowlevel.ParkingLot()
         self._limiter = trio.CapacityLimiter(1)
+        # called with the applied seq after each catch-up (and its events); the ConflictManager
+        # wakes this way. Callbacks run on the trio thread and must not block.
+        self.listeners: list[Callable[[int], None]] = []
 
     def notify(self, seq: int) -> None:
         """Called by the writer (same thread as trio) after each append."""
@@ -51,6 +55,8 @@ class StateDeriver:
                 self.applied = changes["seq"]
                 self._lot.unpark_all()
                 self._publish(changes)
+                for listener in self.listeners:
+                    listener(self.applied)
         finally:
             self.proj.conn.close()
 

@@ -19,8 +19,28 @@ Prints ONE JSON object on stdout (progress goes to stderr):
                     is the main process's ru_maxrss (local + ingest phases) and
                     rss_after_local_mb its RSS right after the local import.
 
-Usage: python bench/core.py [--scale 0.1] [--chunk 500] [--dir DIR]
-       (--scale 0.1 runs every phase at 10 %; the default is full size.)
+  conflicts         (issue 4) replicas A and B share 5 000 records (x 8 fields), then write
+                    offline: B sets "name" and "qty" on every record, one bundle per record;
+                    A sets one field on every record, either "name" (conflict run: half of B's
+                    incoming field writes hit a field A wrote concurrently, with another value)
+                    or "code" (no-conflict run: same volume, a field B does not touch). A's
+                    projections (state + conflicts) are caught up before timing; then A ingests
+                    B's bundles in chunks of 500, each chunk timed as ingest(chunk) followed by
+                    catch_up_conflicts() (the runtime's ConflictManager does that per batch):
+      ingest_conflict_ops_per_s / ingest_noconflict_ops_per_s  B's ops / timed seconds;
+      conflict_vs_noconflict    their ratio (target >= 0.8: within 20 %); *_cpu: the same on
+                                process CPU time, which other load on the machine disturbs less;
+      list_conflicts_10k_ms     Workspace.list_conflicts("open") with 10 000 open conflicts
+                                (5 000 records x 2 fields written by both replicas), median
+                                of 5 calls after a warm-up catch-up (target < 200 ms); also
+                                their minimum and median CPU time.
+                    B's bundles are made once and the same ones go to every run; the two runs
+                    are repeated --repeat times (default 3), interleaved; medians reported.
+
+Usage: python bench/core.py [--scale 0.1] [--chunk 500] [--dir DIR] [--only core|conflicts]
+                          [--repeat 3]
+       (--scale 0.1 runs every phase at 10 %; the default is full size. --only conflicts runs
+       just the conflict benchmark; its figures are under the key "conflicts".)
 """
 
 from __future__ import annotations
@@ -31,6 +51,8 @@ import os
 import platform
 import random
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -182,11 +204,170 @@ def phase_replay(path: Path) -> dict[str, Any]:
             "replay_peak_rss_mb": round(hwm_mb(), 1)}
 
 
+# --- conflicts (issue 4) ---------------------------------------------------------------------
+A_SEED, B_SEED = 11, 12
+
+
+def _open(path: Path, seed: int) -> Workspace:
+    return Workspace.open(path, Identity.from_seed(bytes([seed]) * 32))
+
+
+def _open_conflicts(ws: Workspace) -> int:
+    return int(next(iter(ws.storage.conn.execute(
+        "SELECT count(*) FROM cf_records WHERE status = 'open'")))[0])
+
+
+def build_shared(base: Path, n_records: int, chunk: int) -> tuple[dict[str, Any], list[bytes]]:
+    """A creates n records, B joins and catches up; both projections caught up; both closed."""
+    t0 = time.perf_counter()
+    a = Workspace.create(base / "A", Identity.from_seed(bytes([A_SEED]) * 32), "bench")
+    a.create_table(TABLE, FIELDS)
+    ents = list(a.create_records(TABLE, rows(n_records, 7)).created)
+    b = Workspace.join(base / "B", Identity.from_seed(bytes([B_SEED]) * 32), a.ws)
+    recs = a.ops_since({})
+    for i in range(0, len(recs), chunk):
+        assert not b.ingest(recs[i:i + chunk]).rejected
+    for ws in (a, b):
+        ws.catch_up_conflicts()
+    assert a.state_hash() == b.state_hash()
+    a.close()
+    b.close()
+    return {"shared_records": n_records, "shared_build_s": round(time.perf_counter() - t0, 3)}, ents
+
+
+def _copy_open(base: Path, side: str, dest: str, seed: int) -> Workspace:
+    shutil.copytree(base / side, base / dest / side)
+    return _open(base / dest / side, seed)
+
+
+def b_offline(base: Path, ents: list[bytes]) -> list[Any]:
+    """B's offline work, made once and shipped identically to every run: "name" and "qty" on
+    every shared record, one user bundle per record."""
+    b = _copy_open(base, "B", "b-offline", B_SEED)
+    vc_b = b.vclock()
+    for j, e in enumerate(ents):
+        b.update_record(e, {"name": f"B name {j}", "qty": 100_000 + j}, TABLE)
+    recs = b.ops_since(vc_b)
+    b.close()
+    return recs
+
+
+def conflict_ingest(base: Path, ents: list[bytes], b_recs: list[Any], a_field: str,
+                    chunk: int, run: int) -> dict[str, Any]:
+    """A writes `a_field` on every record, then times ingesting B's bundles (ingest +
+    catch_up_conflicts per chunk)."""
+    a = _copy_open(base, "A", f"run-{a_field}-{run}", A_SEED)
+    for i in range(0, len(ents), 500):  # A's offline work (batched: not what is timed)
+        a.update_records([(e, {a_field: f"A {a_field} {i + j}"}, TABLE)
+                          for j, e in enumerate(ents[i:i + 500])])
+    a.catch_up_conflicts()
+    assert _open_conflicts(a) == 0
+    head0 = a.storage.head_seq()
+    t_ing = t_cf = 0.0
+    c0 = time.process_time()
+    applied = 0
+    for i in range(0, len(b_recs), chunk):
+        t0 = time.perf_counter()
+        rep = a.ingest(b_recs[i:i + chunk])
+        t1 = time.perf_counter()
+        a.catch_up_conflicts()
+        t2 = time.perf_counter()
+        t_ing += t1 - t0
+        t_cf += t2 - t1
+        assert not rep.rejected, rep.rejected[:3]
+        applied += len(rep.applied)
+    cpu = time.process_time() - c0
+    dt = t_ing + t_cf
+    n_ops = a.storage.head_seq() - head0
+    assert applied == len(b_recs) == len(ents)
+    n_open = _open_conflicts(a)
+    assert n_open == (len(ents) if a_field == "name" else 0), n_open
+    a.close()
+    shutil.rmtree(base / f"run-{a_field}-{run}")
+    return {"bundles": len(b_recs), "n_ops": n_ops, "open_conflicts": n_open,
+            "s": round(dt, 3), "cpu_s": round(cpu, 3), "ingest_s": round(t_ing, 3),
+            "catch_up_conflicts_s": round(t_cf, 3), "ops_per_s": round(n_ops / dt),
+            "cpu_ops_per_s": round(n_ops / cpu)}
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median run (by ops/s) plus every run's rate."""
+    med = sorted(runs, key=lambda r: r["ops_per_s"])[len(runs) // 2]
+    return {**med, "ops_per_s_runs": [r["ops_per_s"] for r in runs],
+            "cpu_ops_per_s_median": statistics.median(r["cpu_ops_per_s"] for r in runs)}
+
+
+def list_conflicts_bench(base: Path, ents: list[bytes], runs: int = 5) -> dict[str, Any]:
+    """2 open conflicts per shared record (name, code), then time list_conflicts("open")."""
+    a, b = _copy_open(base, "A", "list", A_SEED), _copy_open(base, "B", "list", B_SEED)
+    for ws, who in ((a, "A"), (b, "B")):
+        for i in range(0, len(ents), 500):
+            ws.update_records([(e, {"name": f"{who} n {i + j}", "code": f"{who} c {i + j}"},
+                                TABLE) for j, e in enumerate(ents[i:i + 500])])
+    t0 = time.perf_counter()
+    assert not a.ingest(b.ops_since(a.vclock())).rejected
+    a.catch_up_conflicts()
+    setup_cf = time.perf_counter() - t0
+    n_open = _open_conflicts(a)
+    assert n_open == 2 * len(ents), n_open
+    times, cpus = [], []
+    for _ in range(runs):
+        c0, t0 = time.process_time(), time.perf_counter()
+        listed = a.list_conflicts("open")
+        times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+        assert len(listed) == n_open
+    a.close()
+    b.close()
+    return {"list_conflicts_n": n_open, "list_conflicts_runs_ms": [round(t * 1e3, 1)
+                                                                    for t in times],
+            "list_conflicts_ms": round(statistics.median(times) * 1e3, 1),
+            "list_conflicts_min_ms": round(min(times) * 1e3, 1),
+            "list_conflicts_cpu_ms": round(statistics.median(cpus) * 1e3, 1),
+            "list_setup_ingest_catch_up_s": round(setup_cf, 3)}
+
+
+def phase_conflicts(base: Path, scale: float, chunk: int, repeat: int) -> dict[str, Any]:
+    n = max(1, round(5_000 * scale))
+    log(f"conflicts: shared workspace of {n} records")
+    out, ents = build_shared(base / "cf", n, chunk)
+    b_recs = b_offline(base / "cf", ents)
+    runs: dict[str, list[dict[str, Any]]] = {"name": [], "code": []}
+    for r in range(repeat):  # interleaved, so that machine noise hits both alike
+        for a_field in ("name", "code"):
+            log(f"conflicts: run {r + 1}/{repeat}, "
+                + ("conflict ingest (50 % of B's field writes conflict)" if a_field == "name"
+                   else "conflict-free ingest (same volume)"))
+            runs[a_field].append(conflict_ingest(base / "cf", ents, b_recs, a_field, chunk, r))
+    conf, free = _summary(runs["name"]), _summary(runs["code"])
+    log(f"conflicts: list {2 * n} open conflicts")
+    lst = list_conflicts_bench(base / "cf", ents)
+    out.update({
+        "ingest_chunk": chunk, "ingest_repeat": repeat,
+        "ingest_conflict_ops_per_s": conf["ops_per_s"],
+        "ingest_noconflict_ops_per_s": free["ops_per_s"],
+        "conflict_vs_noconflict": round(conf["ops_per_s"] / free["ops_per_s"], 3),
+        # the same ratio on CPU time (process_time), robust to other load on the machine
+        "conflict_vs_noconflict_cpu": round(
+            conf["cpu_ops_per_s_median"] / free["cpu_ops_per_s_median"], 3),
+        "ingest_conflict": conf, "ingest_noconflict": free,
+        # named for the full-size figure; at other scales list_conflicts_n says how many
+        "list_conflicts_10k_ms": lst["list_conflicts_ms"],
+    })
+    out.update(lst)
+    out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--chunk", type=int, default=500, help="bundles per ingest call")
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
+    ap.add_argument("--only", choices=("core", "conflicts"), default=None,
+                    help="run one part: core (local/ingest/replay) or conflicts (issue 4)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="conflict / conflict-free ingest runs each (median reported)")
     ap.add_argument("--replay-only", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.replay_only is not None:
@@ -195,33 +376,44 @@ def main() -> int:
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="openprod-bench-") as d:
         base = Path(d)
         out: dict[str, Any] = {"python": platform.python_version(), "scale": args.scale,
-                               "cpus": os.cpu_count()}
-        n_local = max(1, round(10_000 * args.scale))
-        n_replay = max(1, round(100_000 * args.scale))
-        log(f"local: {n_local} records")
-        res, src = phase_local(base, n_local)
-        out.update(res)
-        out["rss_after_local_mb"] = round(rss_mb(), 1)
-        log(f"ingest: {out['local_n_ops']} ops in chunks of {args.chunk}")
-        out.update(phase_ingest(base, src, args.chunk))
-        src.close()
-        out["main_peak_rss_mb"] = round(maxrss_mb(), 1)  # ru_maxrss, local + ingest phases
-        log(f"replay: building {n_replay} records")
-        out.update(build_oplog(base / "replay", n_replay))
-        log("replay: rebuild in a child process")
-        child = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--replay-only",
-             str(base / "replay")],
-            check=True, capture_output=True, text=True,
-        )
-        out.update(json.loads(child.stdout))
-        out["peak_rss_mb"] = out["replay_peak_rss_mb"]
-        out["replay_build"] = ("import bundles sealed like create_records and appended with "
-                               "SqliteStorage.append (batches of 500), not projected")
-        out["db_after_replay_mb"] = round(sum(
-            f.stat().st_size for f in (base / "replay").iterdir() if f.is_file()) / 2**20, 1)
+                               "cpus": os.cpu_count(),
+                               "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+        if args.only != "conflicts":
+            out.update(run_core(base, args))
+        if args.only != "core":
+            out["conflicts"] = phase_conflicts(base, args.scale, args.chunk, args.repeat)
     print(json.dumps(out))
     return 0
+
+
+def run_core(base: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The original figures: local import, remote ingest, 1 M-op replay, peak memory."""
+    out: dict[str, Any] = {}
+    n_local = max(1, round(10_000 * args.scale))
+    n_replay = max(1, round(100_000 * args.scale))
+    log(f"local: {n_local} records")
+    res, src = phase_local(base, n_local)
+    out.update(res)
+    out["rss_after_local_mb"] = round(rss_mb(), 1)
+    log(f"ingest: {out['local_n_ops']} ops in chunks of {args.chunk}")
+    out.update(phase_ingest(base, src, args.chunk))
+    src.close()
+    out["main_peak_rss_mb"] = round(maxrss_mb(), 1)  # ru_maxrss, local + ingest phases
+    log(f"replay: building {n_replay} records")
+    out.update(build_oplog(base / "replay", n_replay))
+    log("replay: rebuild in a child process")
+    child = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--replay-only",
+         str(base / "replay")],
+        check=True, capture_output=True, text=True,
+    )
+    out.update(json.loads(child.stdout))
+    out["peak_rss_mb"] = out["replay_peak_rss_mb"]
+    out["replay_build"] = ("import bundles sealed like create_records and appended with "
+                           "SqliteStorage.append (batches of 500), not projected")
+    out["db_after_replay_mb"] = round(sum(
+        f.stat().st_size for f in (base / "replay").iterdir() if f.is_file()) / 2**20, 1)
+    return out
 
 
 if __name__ == "__main__":

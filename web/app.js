@@ -9,6 +9,8 @@ import { newTableDialog } from "./dialogs.js";
 import { toast, announce } from "./toast.js";
 import { hydrateIcons, icon } from "./icons.js";
 import { shortId } from "./format.js";
+import { Conflicts } from "./conflicts.js";
+import { Staging } from "./staging.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -82,13 +84,48 @@ function reportError(err, what) {
 
 const mod = isMac() ? "⌘" : "Ctrl+";
 
+// --- conflicts and staging ----------------------------------------------------------------
+
+/** A record's person-readable name (its first text value), fetched when not on screen. */
+async function recordName(entityId, tableId) {
+  const here = state.records.find((r) => r.id === entityId);
+  if (here) return recordLabel(tableById(state.tableId), here);
+  if (labels.get(entityId)) return labels.get(entityId);
+  try {
+    const rec = await api.get(`/records/${encodeURIComponent(entityId)}`);
+    const t = tableById(tableId) || tableById((rec.tables || [])[0] || rec.table);
+    const name = recordLabel(t, rec);
+    labels.set(entityId, name);
+    return name;
+  } catch {
+    return `Record …${shortId(entityId)}`;
+  }
+}
+
+const ctx = {
+  tableById,
+  recordName,
+  knownName: (id) => labels.get(id) || null,
+  reportError,
+  flushEdit: () => grid.flushEdit(),
+  async afterWrite(seq) {
+    await Promise.all([refreshRecords(seq || 0), refreshWorkspace()]);
+  },
+};
+const conflicts = new Conflicts(ctx);
+const staging = new Staging(ctx);
+
 // --- the grid and its controller ----------------------------------------------------------
 
 const grid = new Grid($("grid-host"), {
   async commit(id, field, value) {
     const r = await command(() => api.post("/records/update", { id, values: { [field]: value } }));
-    await Promise.all([refreshRecords(r.seq), refreshWorkspace()]);
+    await Promise.all([refreshRecords(r.seq), refreshWorkspace(),
+      r.staged ? staging.refresh() : null]);
   },
+  resolveConflict: (id, field) => conflicts.openForCell(id, field)
+    .catch((e) => reportError(e, "Couldn't open the conflict")),
+  openDrift: () => staging.openDrift(),
   addRecord: () => addRecord(),
   deleteRecords: (ids, opts) => deleteRecords(ids, opts),
   async linkChoices(field) {
@@ -145,11 +182,30 @@ function requestLabel(id) {
 
 // --- loading ------------------------------------------------------------------------------
 
+/** While staging, note each staged cell's real (canonical) value for its tooltip. */
+async function withCanonical(tableId, r) {
+  if (!r.records.some((rec) => (rec.staged || []).length)) return;
+  try {
+    const c = await api.get("/records/list", { table: tableId, after: r.seq, canonical: 1 });
+    const byId = new Map(c.records.map((x) => [x.id, x]));
+    for (const rec of r.records) {
+      if (!(rec.staged || []).length) continue;
+      const real = byId.get(rec.id);
+      rec._canonical = {};
+      for (const name of rec.staged) rec._canonical[name] = real ? real.values[name] ?? null : null;
+    }
+  } catch {
+    // the tooltip just goes without the real value
+  }
+}
+
 const refreshRecords = coalesce(async (seq) => {
   const tableId = state.tableId;
   if (!tableId) return;
   const r = await api.get("/records/list", { table: tableId, after: seq || undefined });
   if (tableId !== state.tableId || r.seq < state.recordsSeq) return;
+  await withCanonical(tableId, r);
+  if (tableId !== state.tableId) return;
   state.recordsSeq = r.seq;
   state.records = r.records;
   recordsByTable.set(tableId, Promise.resolve(r.records));
@@ -162,7 +218,19 @@ const refreshWorkspace = coalesce(async () => {
   $("ws-name").textContent = ws.name || "Untitled workspace";
   $("me").textContent = ws.display_name || "";
   document.title = `${ws.name || "Workspace"} · openprod`;
-  setUndoRedo(ws.can_undo, ws.can_redo);
+  const ov = ws.active_overlay;
+  if (ov) {
+    // while staging, undo/redo act on the overlay (J13); the engine's can_undo/can_redo
+    // describe the canonical stack, so use the overlay's own flags when given, else offer both
+    // (an empty step answers "Nothing to undo")
+    setUndoRedo(ov.can_undo ?? true, ov.can_redo ?? true);
+  } else {
+    setUndoRedo(ws.can_undo, ws.can_redo);
+  }
+  if (typeof ws.conflicts_open === "number") conflicts.setCount(ws.conflicts_open);
+  const active = ws.active_overlay ? ws.active_overlay.id : null;
+  if (active !== staging.activeId || (ws.active_overlay && staging.active &&
+    ws.active_overlay.changes !== staging.active.changes)) staging.refresh().catch(() => {});
 });
 
 const refreshTables = coalesce(async (seq) => {
@@ -202,6 +270,8 @@ async function selectTable(id) {
   showTableHeader(t);
   const r = await api.get("/records/list", { table: id });
   if (state.tableId !== id) return;
+  await withCanonical(id, r);
+  if (state.tableId !== id) return;
   state.records = r.records;
   state.recordsSeq = r.seq;
   recordsByTable.set(id, Promise.resolve(r.records));
@@ -220,6 +290,9 @@ async function reloadAll() {
   await refreshWorkspace();
   await refreshTables();
   if (state.tableId) await refreshRecords();
+  // (each is also refreshed by its own events; a failure here must not stop the grid loading)
+  await Promise.all([conflicts.refresh().catch((e) => reportError(e, "Couldn't load conflicts")),
+    staging.refresh().catch((e) => reportError(e, "Couldn't load overlays"))]);
 }
 
 function renderTableList() {
@@ -336,7 +409,7 @@ async function undoRedo(kind) {
       toast(skippedMessage(kind, r.skipped || []), { kind: "warning", timeout: 12000 });
     } else {
       announce(kind === "undo" ? "Undone" : "Redone");
-      const work = [refreshRecords(r.seq)];
+      const work = [refreshRecords(r.seq), staging.active ? staging.refresh() : null];
       if ((r.edges_not_restored || []).length) {
         toast(`${r.edges_not_restored.length} link(s) could not be restored`, { kind: "warning" });
       }
@@ -382,6 +455,24 @@ function onEvent(ev) {
       break;
     case "tables_changed":
       refreshTables(ev.seq).catch((e) => reportError(e, "Couldn't refresh the tables"));
+      break;
+    case "conflict_opened":
+    case "conflict_updated":
+    case "conflict_resolved":
+    case "resolution_rejected":
+      conflicts.refresh().catch((e) => reportError(e, "Couldn't refresh the conflicts"));
+      refreshRecords(ev.seq).catch(() => {});
+      break;
+    case "overlays_changed":
+    case "overlay_drift":
+      staging.refresh().catch((e) => reportError(e, "Couldn't refresh the staging state"));
+      refreshRecords(ev.seq).catch(() => {});
+      refreshWorkspace().catch(() => {});
+      if (ev.type === "overlay_drift" && staging.activeId !== ev.overlay_id) {
+        // a stashed overlay drifted: say so (the active one shows it in its banner)
+        toast("A stashed overlay has fields changed by others; open Overlays to see it.",
+          { kind: "warning" });
+      }
       break;
     case "workspace_opened":
       state.tableId = null;

@@ -180,3 +180,97 @@ export function newTableDialog({ tables, create }) {
     name.focus();
   });
 }
+
+/**
+ * A generic modal: `title`, `body` (nodes), `actions` ([{label, kind, run, type}]) in the footer.
+ * Returns {dlg, body, foot, close(result), done: Promise<result>}. Esc, × and Cancel-like
+ * actions close it with null.
+ */
+export function modal({ title, body = [], actions = [], wide = false, cls = "" }) {
+  const n = ++uid;
+  const dlg = el("dialog", {
+    class: `dialog${wide ? " dialog-wide" : ""}${cls ? " " + cls : ""}`,
+    "aria-labelledby": `md-title-${n}`,
+  });
+  const bodyEl = el("div", { class: "dialog-body" }, ...body);
+  const foot = el("footer", { class: "dialog-foot" });
+  const form = el("form", { method: "dialog", novalidate: true },
+    el("header", { class: "dialog-head" },
+      el("h2", { id: `md-title-${n}`, text: title }),
+      el("button", { type: "button", class: "icon-btn dialog-x", "aria-label": "Close",
+        html: icon("close") })),
+    bodyEl, foot);
+  dlg.append(form);
+  let resolveDone;
+  const done = new Promise((r) => { resolveDone = r; });
+  const close = (result = null) => {
+    if (!dlg.isConnected) return;
+    dlg.close();
+    dlg.remove();
+    resolveDone(result);
+  };
+  for (const a of actions) {
+    const b = el("button", {
+      type: a.type || "button", class: `btn ${a.kind || "btn-secondary"}`, text: a.label,
+    });
+    if (a.id) b.id = a.id;
+    b.addEventListener("click", (e) => {
+      if (a.type === "submit") return;
+      e.preventDefault();
+      if (a.run) a.run(close); else close(null);
+    });
+    foot.append(b);
+  }
+  foot.hidden = !actions.length;
+  form.querySelector(".dialog-x").addEventListener("click", () => close(null));
+  dlg.addEventListener("cancel", (e) => {
+    e.preventDefault();
+    close(null);
+  });
+  document.body.append(dlg);
+  dlg.showModal();
+  return { dlg, form, body: bodyEl, foot, close, done };
+}
+
+/** Ask for one line of text (e.g. an overlay's name). Resolves with the text or null. */
+export function askText({ title, label, placeholder = "", initial = "", submitLabel = "OK",
+  help = "" }) {
+  const n = ++uid;
+  const input = el("input", {
+    id: `ask-${n}`, class: "input", type: "text", autocomplete: "off", placeholder, required: true,
+  });
+  input.value = initial;
+  const error = el("p", { class: "dialog-error", role: "alert", hidden: true });
+  const m = modal({
+    title,
+    body: [el("label", { class: "label", for: `ask-${n}`, text: label }), input,
+      help ? el("p", { class: "muted help", text: help }) : "", error],
+    actions: [{ label: "Cancel" }, { label: submitLabel, kind: "btn-primary", type: "submit" }],
+  });
+  m.form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const v = input.value.trim();
+    if (!v) {
+      error.textContent = `${label} is required.`;
+      error.hidden = false;
+      input.focus();
+      return;
+    }
+    m.close(v);
+  });
+  input.focus();
+  return m.done;
+}
+
+/** A yes/no question in a styled modal. Resolves true when confirmed. */
+export function confirmDialog({ title, text, confirmLabel = "OK", danger = false }) {
+  const m = modal({
+    title,
+    body: [el("p", { class: "confirm-text", text })],
+    actions: [{ label: "Cancel" },
+      { label: confirmLabel, kind: danger ? "btn-danger" : "btn-primary",
+        run: (close) => close(true) }],
+  });
+  m.foot.lastChild.focus();
+  return m.done.then((r) => r === true);
+}

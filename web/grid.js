@@ -217,9 +217,10 @@ export class Grid {
     for (const f of this.fields) {
       const was = old ? old.values[f.name] : undefined;
       const now = rec.values[f.name];
-      const conflictChanged = (old?.conflicts || []).includes(f.name) !==
-        (rec.conflicts || []).includes(f.name);
-      if (same(was, now) && !conflictChanged) continue;
+      const flagsChanged = ["conflicts", "staged", "drifted"].some((k) =>
+        (old?.[k] || []).includes(f.name) !== (rec[k] || []).includes(f.name)) ||
+        !same(old?._canonical?.[f.name], rec._canonical?.[f.name]);
+      if (same(was, now) && !flagsChanged) continue;
       const td = this.cellEl(rec.id, f.name);
       if (!td) continue;
       const k = key(rec.id, f.name);
@@ -261,11 +262,15 @@ export class Grid {
     const k = key(rec.id, f.name);
     const v = this.pending.has(k) ? this.pending.get(k).value : rec.values[f.name];
     const conflicted = (rec.conflicts || []).includes(f.name);
+    const staged = (rec.staged || []).includes(f.name);
+    const drifted = (rec.drifted || []).includes(f.name);
     const error = this.errors.get(k);
     const refocus = td.contains(document.activeElement) && document.activeElement !== td;
     td.replaceChildren();
     if (refocus) td.focus({ preventScroll: true });
     td.classList.toggle("conflicted", conflicted);
+    td.classList.toggle("staged", staged);
+    td.classList.toggle("drifted", drifted);
     td.classList.toggle("has-error", !!error);
     td.classList.toggle("pending", this.pending.has(k));
     td.classList.toggle("error-fresh", !!error && this.freshError === k);
@@ -276,14 +281,37 @@ export class Grid {
     const inner = el("div", { class: "cell-inner" });
     if (conflicted) {
       const msg = "Conflict: concurrent edits disagree; this is the provisional value " +
-        "until someone picks one";
-      inner.append(el("span", {
-        class: "marker marker-conflict", role: "img", "aria-label": "Conflict", title: msg,
-        html: icon("warning"),
+        "until someone picks one. Click the ⚠ to resolve it.";
+      inner.append(el("button", {
+        type: "button", tabindex: "-1", class: "marker marker-conflict",
+        "aria-label": `Resolve conflict: ${f.label} of ${this.recordName(rec.id, rec)}`,
+        title: "Conflict: click to resolve", html: icon("warning"),
       }));
       titles.push(msg);
     }
     inner.append(this.valueNode(f, v, rec));
+    if (staged) {
+      const real = rec._canonical && f.name in rec._canonical ? rec._canonical[f.name]
+        : undefined;
+      const realText = real === undefined ? null
+        : real === null ? "empty" : `“${F.displayText(f, real)}”`;
+      const msg = "Staged change, not committed yet" +
+        (realText ? `. Real value: ${realText}` : "");
+      inner.append(el("span", {
+        class: "marker marker-staged", role: "img", "aria-label": "Staged", title: msg,
+        html: icon("pencil"),
+      }));
+      titles.push(msg);
+    }
+    if (drifted) {
+      inner.append(el("button", {
+        type: "button", tabindex: "-1", class: "marker marker-drift",
+        "aria-label": `Changed while you were staging: ${f.label} of ${this.recordName(rec.id, rec)}`,
+        title: "Changed by someone else while you were staging: click to decide",
+      }, el("span", { html: icon("drift") }), el("span", { class: "drift-text", text: "Changed" })));
+      titles.push("Someone changed this field while you were staging; Commit waits until " +
+        "you keep yours or use theirs");
+    }
     if (error) {
       inner.append(el("span", {
         class: "marker marker-error", role: "img", "aria-label": "Error", title: error,
@@ -442,6 +470,15 @@ export class Grid {
   }
 
   onClick(e) {
+    const conflict = e.target.closest(".marker-conflict");
+    const drift = e.target.closest(".marker-drift");
+    if (conflict || drift) {
+      const at = this.locate(e.target);
+      const f = at && this.cols[at.col].field;
+      if (f && conflict) this.ctl.resolveConflict?.(at.id, f);
+      if (f && drift) this.ctl.openDrift?.(at.id, f);
+      return;
+    }
     const del = e.target.closest(".row-delete");
     if (del) {
       const id = del.closest("tr").dataset.id;
@@ -472,6 +509,15 @@ export class Grid {
     const mod = e.ctrlKey || e.metaKey;
     const field = col.kind === "field" ? col.field : null;
     let handled = true;
+    if (field && e.key === "Enter" && e.altKey && !mod) {
+      // Alt+Enter: decide a conflict or a drift on this cell (docs/ui.md)
+      const rec = this.records.get(at.id);
+      if ((rec?.conflicts || []).includes(field.name)) this.ctl.resolveConflict?.(at.id, field);
+      else if ((rec?.drifted || []).includes(field.name)) this.ctl.openDrift?.(at.id, field);
+      e.preventDefault();
+      e.stopPropagation();
+      return;
+    }
     switch (e.key) {
       case "ArrowUp": this.move(-1, 0); break;
       case "ArrowDown": this.move(1, 0); break;
@@ -563,8 +609,8 @@ export class Grid {
   }
 
   /** A person-readable name for a record: its first non-empty text value, else a short id. */
-  recordName(id) {
-    const rec = this.records.get(id) || this.rowEls.get(id)?._rec;
+  recordName(id, known = null) {
+    const rec = known || this.records.get(id) || this.rowEls.get(id)?._rec;
     if (rec) {
       for (const f of this.fields) {
         const v = rec.values[f.name];

@@ -190,6 +190,11 @@ class ConflictProjection:
             self.pairs.setdefault(b, []).append((a, h, bytes(ac)))
         self.slots = _slots(self.pairs)
 
+    def refresh(self) -> None:
+        """Reload the in-memory caches (slots, redirects, CRDT flags) from the cf_ tables, for a
+        read-only user of a projection another owner (the ConflictManager) catches up."""
+        self._load()
+
     def resolve(self, e: bytes) -> bytes:
         for _ in range(REDIRECT_CAP):
             nxt = self.redirects.get(e)
@@ -658,12 +663,20 @@ class ConflictProjection:
         q = "SELECT conflict_id, record FROM cf_records"
         if status == "open":
             q += " WHERE status = 'open'"
-        return [self._json(bytes(c), cbor2.loads(r))
+        labels: dict[str, str | None] = {}  # one schema lookup per field, not per conflict
+        return [self._json(bytes(c), cbor2.loads(r), labels)
                 for c, r in self.conn.execute(q + " ORDER BY entity, skey")]
 
     def records(self) -> dict[bytes, Record]:
         """Every stored record by conflict id (for comparisons between replicas)."""
         return self._all_records()
+
+    def _cached_label(self, skey: str, labels: dict[str, str | None] | None) -> str | None:
+        if labels is None:
+            return self._label(skey)
+        if skey not in labels:
+            labels[skey] = self._label(skey)
+        return labels[skey]
 
     def _label(self, skey: str) -> str | None:
         if skey == ENTITY_KEY or not values.is_field_key(skey):
@@ -678,7 +691,8 @@ class ConflictProjection:
             pass
         return None
 
-    def _json(self, cid: bytes, rec: Record) -> dict[str, Any]:
+    def _json(self, cid: bytes, rec: Record,
+              labels: dict[str, str | None] | None = None) -> dict[str, Any]:
         def val(v: Any) -> Any:
             return values.to_user(cbor2.loads(v)) if v is not None else None
 
@@ -689,7 +703,7 @@ class ConflictProjection:
         out = {
             "conflict_id": ids.to_text(cid), "kind": rec["kind"],
             "entity_id": ids.to_text(rec["entity"]), "field": rec["skey"],
-            "field_label": self._label(rec["skey"]), "status": rec["status"],
+            "field_label": self._cached_label(rec["skey"], labels), "status": rec["status"],
             "reopened": rec["reopened"], "display_value": val(rec["display"]),
             "tips": [{"op_id": ids.to_text(t[0]), "actor": t[1].hex(), "hlc": t[2].hex(),
                       "value": val(t[3]), "is_resolution": t[4], "bundle_id": ids.to_text(t[5]),

@@ -280,6 +280,8 @@ class Workspace:
         runtime runs it as its own actor."""
         if self.derive:
             self.conflict_events = self._conflict_proj.catch_up()
+        else:  # the runtime's ConflictManager owns catch-up; read what it committed
+            self._conflict_proj.refresh()
         return self._conflict_proj
 
     @property
@@ -290,7 +292,7 @@ class Workspace:
     def _tag_if_open(self, e: bytes, slot: str, w: O.SetField | O.ClearField, ctx: _Ctx,
                      ) -> O.Payload:
         """A local write to a locally open field is a resolution of it (spec 02 §1.6)."""
-        if not self.derive or e in ctx.created:
+        if e in ctx.created:
             return w
         # A field open in the conflict projection has several tips in the state projection too
         # (for honest peers), so a field with one tip needs no conflict lookup.
@@ -927,8 +929,13 @@ class Workspace:
         return Result(self.storage.head_seq(), None, created, facet, staged=True)
 
     def _after_canonical(self) -> None:
-        """After a canonical change: re-check drift, only when some overlay stages ops."""
-        if self.overlays.has_rows():
+        """After a canonical change: re-check drift, only when some overlay stages ops.
+
+        derive=False: the projections have not applied the change yet; the runtime's
+        OverlayManager re-checks drift (through the writer) once they have."""
+        if not self.derive:
+            self.overlay_events = []
+        elif self.overlays.has_rows():
             self.check_drift()
         else:
             self.overlay_events = []

@@ -1,0 +1,169 @@
+"""ConflictManager: owns the conflict projection and its connection (spec 02 §1.10).
+
+It wakes after the StateDeriver applied new ops (a deriver listener), catches up in a worker
+thread (one SQLite transaction per batch, never awaiting inside it), publishes "applied up to N"
+to waiters (read-your-writes; the OplogWriter waits for it before validating the next command,
+since resolution commands read conflict state) and, after the commit, the conflict events
+`conflict_opened` / `conflict_updated` / `conflict_resolved` / `resolution_rejected`.
+
+`ConflictReader` answers the API's conflict queries on a connection of its own, in one read
+snapshot of both projections (a conflict record names its table, field and the tips' authors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from actors.events import EventHub
+from openprod.core import codec, ids, values
+from openprod.core import hlc as hlcmod
+from openprod.engine.conflicts import ConflictProjection
+from openprod.engine.state import ENTITY_KEY, StateProjection
+from openprod.engine.views import Views
+from openprod.storage import db
+
+T = TypeVar("T")
+
+
+class ConflictManager:
+    def __init__(self, oplog_path: Path, hub: EventHub) -> None:
+        self.proj = ConflictProjection(db.connect(oplog_path, synchronous="NORMAL"))
+        self.hub = hub
+        self.applied = self.proj.checkpoint
+        self._target = self.applied
+        self._wake = trio.Event()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._limiter = trio.CapacityLimiter(1)
+        # called with the applied seq after each catch-up and its events (the OverlayManager
+        # wakes this way); callbacks run on the trio thread and must not block
+        self.listeners: list[Callable[[int], None]] = []
+
+    def notify(self, seq: int) -> None:
+        """Something up to `seq` was appended (and the state projection applied it)."""
+        if seq > self._target:
+            self._target = seq
+            self._wake.set()
+
+    async def wait_applied(self, seq: int) -> None:
+        while self.applied < seq:
+            await self._lot.park()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                  ) -> None:
+        task_status.started()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                events, seq = await trio.to_thread.run_sync(self._catch_up,
+                                                            limiter=self._limiter)
+                self.applied = max(self.applied, seq)
+                self._lot.unpark_all()
+                for ev in events:  # the transaction has committed
+                    self.hub.publish({**ev, "seq": seq})
+                for listener in self.listeners:
+                    listener(self.applied)
+        finally:
+            self.proj.conn.close()
+
+    def _catch_up(self) -> tuple[list[dict[str, Any]], int]:
+        events = self.proj.catch_up()
+        return events, self.proj.checkpoint
+
+
+class ConflictReader:
+    """Conflict queries off the event loop, in one snapshot of the conflict and state tables."""
+
+    def __init__(self, oplog_path: Path) -> None:
+        conn = db.connect(oplog_path, synchronous="NORMAL")
+        self._state = StateProjection(conn)
+        self.views = Views(self._state)
+        self.proj = ConflictProjection(conn)
+        self._limiter = trio.CapacityLimiter(1)
+
+    async def read(self, fn: Callable[[ConflictReader], T]) -> T:
+        return await trio.to_thread.run_sync(self._run, fn, limiter=self._limiter)
+
+    def _run(self, fn: Callable[[ConflictReader], T]) -> T:
+        conn = self._state.conn
+        conn.execute("BEGIN")
+        try:
+            self._state.refresh()
+            self.proj.refresh()
+            return fn(self)
+        finally:
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._state.conn.close()
+
+    # --- queries (run inside `read`) --------------------------------------------------------
+    def count_open(self) -> int:
+        for (n,) in self._state.conn.execute(
+            "SELECT count(*) FROM cf_records WHERE status = 'open'"
+        ):
+            return int(n)
+        return 0
+
+    def list(self, status: str = "open") -> list[dict[str, Any]]:
+        names = self.actor_names()
+        return [self._api_json(rec, names) for rec in self.proj.list_conflicts(status)]
+
+    def get(self, cid: bytes) -> dict[str, Any] | None:
+        rec = self.proj.get(cid)
+        return None if rec is None else self._api_json(rec, self.actor_names())
+
+    def actor_names(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for key, value in self._state.conn.execute(
+            "SELECT key, value FROM config WHERE ns = 'actor'"
+        ):
+            if value is None:
+                continue
+            try:
+                v = codec.decode(bytes(value))
+            except Exception:
+                continue
+            if isinstance(v, dict) and isinstance(v.get("display_name"), str):
+                out[str(key)] = v["display_name"]
+        return out
+
+    def _api_json(self, rec: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+        """The projection's record plus what the UI shows: table, field name/label, authors."""
+        e = ids.from_text(rec["entity_id"])
+        skey = rec["field"]
+        table, field_name, label = self._place(e, skey)
+        out = dict(rec)
+        out["table"] = table
+        out["field_name"] = field_name
+        if label is not None:
+            out["field_label"] = label
+        out["tips"] = [{**t, "actor_name": names.get(t["actor"], t["actor"][:8]),
+                        "at_ms": hlcmod.wall_ms(bytes.fromhex(t["hlc"]))} for t in rec["tips"]]
+        for k in ("resolutions", "rejected_resolutions"):
+            out[k] = [{**r, "actor_name": names.get(r["actor"], r["actor"][:8]),
+                       "at_ms": hlcmod.wall_ms(bytes.fromhex(r["hlc"]))} for r in rec[k]]
+        return out
+
+    def _place(self, e: bytes, skey: str) -> tuple[str | None, str | None, str | None]:
+        """(table id, field name, field label) a conflict shows in."""
+        attached = self.views.attached(e)
+        if skey == ENTITY_KEY or not values.is_field_key(skey):
+            if not attached:  # deleted entity: the tables it was in
+                attached = [f for (f,) in self._state.conn.execute(
+                    "SELECT facet FROM facets WHERE entity = ? ORDER BY facet", (e,))]
+            return (attached[0] if attached else None), None, None
+        others = sorted(k for k, s in self._state.slots.items() if s == skey and k != skey)
+        members = [skey, *others]
+        for key in members:
+            facet, name = values.split_field_key(key)
+            if facet in attached:
+                f = self.views.field_def(facet, name)
+                return facet, name, f.label if f is not None else None
+        facet, name = values.split_field_key(skey)
+        f = self.views.field_def(facet, name)
+        return (facet if f is not None else None), name, f.label if f is not None else None
