@@ -162,22 +162,8 @@ async def _command(node: Node, fn: Callable[[Workspace], Any], *,
 
 async def _query(node: Node, fn: Callable[[Views], Any]) -> Any:
     """Answer once the projections applied `after` (read-your-writes), in one snapshot."""
-    session = node.current
-    raw = request.args.get("after")
-    if raw is not None:
-        try:
-            after = int(raw)
-        except ValueError:
-            raise ValidationError("after must be an integer seq", field="after") from None
-        if after > session.writer.appended:
-            raise ValidationError(f"seq {after} has not been appended here", field="after",
-                                  head=session.writer.appended)
-        with trio.move_on_after(AFTER_TIMEOUT_S):
-            await session.deriver.wait_applied(after)
-        if session.deriver.applied < after:
-            raise ApiError("timeout", "the projection is still catching up; retry")
-    result = await session.reader.read(fn)
-    return result
+    await _after(node)
+    return await node.current.reader.read(fn)
 
 
 async def _after(node: Node) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import apsw
 import attrs
+import cbor2
 
 from openprod.core import codec, ids, values
 from openprod.core.errors import NotFound, ValidationError
@@ -270,9 +272,29 @@ class Views:
         )]
 
     # --- records ---------------------------------------------------------------------------
+    def open_field_conflicts(self, e: bytes) -> dict[str, Any] | None:
+        """slot -> displayed value of e's open field conflicts, from the conflict projection;
+        None where that projection has no tables on this connection."""
+        try:
+            rows = list(self.conn.execute(
+                "SELECT skey, record FROM cf_records WHERE entity = ? AND status = 'open'"
+                " AND kind = 'field'", (e,),
+            ))
+        except apsw.SQLError:
+            return None
+        out: dict[str, Any] = {}
+        for skey, rec in rows:
+            display = cbor2.loads(rec)["display"]
+            out[skey] = codec.decode(bytes(display)) if display is not None else None
+        return out
+
     def record_values(self, e: bytes, table: TableDef) -> tuple[dict[str, Any], list[str]]:
+        """Field values and the names of conflicted fields. Conflict status and the value shown
+        while open (LWW, or the accepted resolution once reopened: spec 02 §1.5) come from the
+        conflict projection when it exists, else from the state projection's tips."""
         vals: dict[str, Any] = {}
         conflicts: list[str] = []
+        open_cf = self.open_field_conflicts(e)
         for f in table.fields:
             slot = self.proj.slot_of(f.facet, f.name)
             if f.crdt:
@@ -280,8 +302,14 @@ class Views:
                 vals[f.name] = crdt.read_text(st) if st is not None else None
                 continue
             v = self.slot_value(e, slot)
+            if open_cf is None:
+                conflicted = self.is_conflicted(e, slot)
+            else:
+                conflicted = slot in open_cf
+                if conflicted:
+                    v = open_cf[slot]
             vals[f.name] = _read(self, v)
-            if self.is_conflicted(e, slot):
+            if conflicted:
                 conflicts.append(f.name)
         return vals, conflicts
 

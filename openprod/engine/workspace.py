@@ -1345,6 +1345,7 @@ class Workspace:
     def list_records(self, table: str, *, canonical: bool = False) -> list[dict[str, Any]]:
         """A table's records; with an overlay active (and not canonical), as it shows them."""
         t = self.views.table(table)
+        self._conflicts_now()  # the shown value of an open conflict is the conflict projection's
         ov = None if canonical else self._ov_state()
         if ov is None:
             return self.views.records(t)
@@ -1371,6 +1372,7 @@ class Workspace:
         """A record; with an overlay active (and not canonical), as the overlay shows it:
         staged values over canonical, plus `staged` and `drifted` field-name lists."""
         e = _as_id(entity)
+        self._conflicts_now()  # the shown value of an open conflict is the conflict projection's
         ov = None if canonical else self._ov_state()
         if ov is None:
             return self.views.get_record(e)

@@ -379,6 +379,9 @@ def test_c12_late_edit_reopens_the_same_conflict(net: Net) -> None:
     net.sync_all()
     for p in (a, b, d):
         assert record(p, cid) == rec
+        # the record read shows the accepted resolution, not the later-stamped late edit
+        assert val(p, e, "name") == "r"
+        assert "name" in p.get_record(e)["conflicts"]
     converged(net)
     b.resolve_conflict(cid, "final")
     net.sync_all()
