@@ -248,23 +248,25 @@ async def open_workspace(node: Node, body: dict[str, Any]) -> dict[str, Any]:
 async def current_workspace(node: Node, body: Any) -> dict[str, Any]:
     s = node.current
     name = next((w["name"] for w in node.home.list_workspaces() if w["id"] == s.ws_id), "")
-    stack = s.ws.undo_stack
-    active = None
-    if s.active_overlay is not None:
-        active = await s.writer.call(_active_overlay_info)
-    return {"id": s.ws_id, "name": name, "seq": s.writer.appended,
-            "can_undo": bool(stack.undo), "can_redo": bool(stack.redo),
+    # read in the writer, which owns the undo stacks (while staging, undo acts on the overlay)
+    undo_state, active = await s.writer.call(_undo_state)
+    return {"id": s.ws_id, "name": name, "seq": s.writer.appended, **undo_state,
             "actor_id": node.ident.actor.hex(), "display_name": node.ident.display_name,
             "active_overlay": active,
             "conflicts_open": await s.conflict_reader.read(lambda c: c.count_open())}
 
 
-def _active_overlay_info(ws: Workspace) -> dict[str, Any] | None:
+def _undo_state(ws: Workspace) -> tuple[dict[str, bool], dict[str, Any] | None]:
+    """Whether undo/redo can act (on the active overlay if one is), and that overlay."""
     oid = ws.overlays.active
     if oid is None:
-        return None
+        st = ws.undo_stack
+        return {"can_undo": bool(st.undo), "can_redo": bool(st.redo)}, None
     info = ws.overlays.get(oid)
-    return {"id": ids.to_text(oid), "name": info["name"], "changes": info["changes"]}
+    state = {"can_undo": bool(ws.overlays.undo.get(oid)),
+             "can_redo": bool(ws.overlays.redo.get(oid))}
+    return state, {"id": ids.to_text(oid), "name": info["name"], "changes": info["changes"],
+                   **state}
 
 
 @api("/workspace/state", "GET", "State hash and oplog digest at the current head")
