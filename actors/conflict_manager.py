@@ -136,8 +136,15 @@ class ConflictReader:
         """The projection's record plus what the UI shows: table, field name/label, authors."""
         e = ids.from_text(rec["entity_id"])
         skey = rec["field"]
-        table, field_name, label = self._place(e, skey)
         out = dict(rec)
+        if rec["kind"] == "property":  # entity_id is the edge id, field_name the property
+            table, field_name, label = None, rec["property"], None
+            edge = self.views.edge(e)
+            out["edge_type"] = edge["type"] if edge is not None else None
+            out["src"] = ids.to_text(edge["src"]) if edge is not None else None
+            out["dst"] = ids.to_text(edge["dst"]) if edge is not None else None
+        else:
+            table, field_name, label = self._place(e, skey)
         out["table"] = table
         out["field_name"] = field_name
         if label is not None:

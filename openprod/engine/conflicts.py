@@ -19,7 +19,15 @@ Design notes (choices the spec leaves open):
   y and also the mapping confirm(s) / merge(s) joining their origins.
 - A record exists iff its conflict is open or it has an accepted resolution (a pure function of
   the op set, so a record can disappear if, e.g., a mapping is rejected; never otherwise).
-- Edge properties are not covered yet (the state projection still reports their tips).
+- Edge properties (spec 02 §0) are tracked exactly like fields, in the same tables and by the
+  same recompute: a `SetEdgeProperty`/`ClearEdgeProperty`, and each property value written by a
+  `CreateEdge`/`CreateOrderedEdge` `props` map (a write of that property by the create op), is a
+  write of the semantic field `(edge_id, PROP_PREFIX + property)`, e.g. `(edge, "@weight")`.
+  Its record has kind `"property"`, `entity` = the edge id and `skey` = `"@" + property name`;
+  `conflict_id(edge_id, "@name")` follows the spec formula. The `@` prefix cannot collide with
+  field slots (`module.Table.field`, always two dots and no `@`) nor with `"$entity"`. Edge ids
+  are never redirected (edges of merged entities keep their id) and property keys are never
+  mapped, so such writes are never re-keyed.
 """
 
 from __future__ import annotations
@@ -40,11 +48,14 @@ from openprod.engine.state import ENTITY_KEY, _seen
 from openprod.storage import db
 
 CONFLICT_PREFIX = b"openprod/conflict"
-CF_VERSION = 1
+CF_VERSION = 2  # 2: edge property conflicts (cf_writes.t)
 ZERO_STAMP = bytes(28)
 REDIRECT_CAP = 64
 REPLAY_OPS = frozenset(["ConfirmFieldMapping", "RejectFieldMapping", "MergeEntities"])
 FIELD_WRITES = frozenset(["SetField", "ClearField"])
+PROP_WRITES = frozenset(["SetEdgeProperty", "ClearEdgeProperty"])
+EDGE_CREATES = frozenset(["CreateEdge", "CreateOrderedEdge"])
+PROP_PREFIX = "@"  # skey of an edge property = PROP_PREFIX + property name
 EXISTENCE = frozenset(["CreateEntity", "DeleteEntity", "RestoreEntity"])
 ACT_ONLY = frozenset(["SetCRDTField", "AttachFacet", "DetachFacet"])
 DELETE = "DeleteEntity"
@@ -53,6 +64,15 @@ DELETE = "DeleteEntity"
 def conflict_id(entity: bytes, skey: str) -> bytes:
     """The 16-byte conflict_id of semantic field `skey` on `entity`."""
     return blake3(CONFLICT_PREFIX + entity + skey.encode()).digest()[:16]
+
+
+def prop_skey(key: str) -> str:
+    """The semantic-field key of edge property `key` (see the module notes)."""
+    return PROP_PREFIX + key
+
+
+def is_prop_skey(skey: str) -> bool:
+    return skey.startswith(PROP_PREFIX)
 
 
 class ConflictNotFound(NotFound):
@@ -71,7 +91,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS cf_writes(
     entity BLOB NOT NULL, skey TEXT NOT NULL, op_id BLOB NOT NULL, actor BLOB NOT NULL,
     hlc BLOB NOT NULL, bundle_id BLOB NOT NULL, value BLOB, resolves BLOB, conflict BLOB,
-    is_clear INTEGER NOT NULL, raw_entity BLOB NOT NULL, fkey TEXT NOT NULL
+    is_clear INTEGER NOT NULL, raw_entity BLOB NOT NULL, fkey TEXT NOT NULL, t TEXT
 );
 CREATE INDEX IF NOT EXISTS cf_writes_field ON cf_writes(entity, skey);
 CREATE INDEX IF NOT EXISTS cf_writes_fkey ON cf_writes(fkey);
@@ -149,6 +169,8 @@ class ConflictProjection:
         self.conn = conn
         with db.transaction(conn):
             conn.execute(SCHEMA)
+            if "t" not in {r[1] for r in conn.execute("PRAGMA table_info(cf_writes)")}:
+                conn.execute("ALTER TABLE cf_writes ADD COLUMN t TEXT")  # CF_VERSION 1 tables
             have = {k for (k,) in conn.execute("SELECT k FROM cf_meta")}
             for k, v in {"version": CF_VERSION, "seq": 0, "hw": ZERO_STAMP,
                          "sk": ZERO_STAMP}.items():
@@ -343,7 +365,8 @@ class ConflictProjection:
                     hw = stamp
                     if op[4] in STRUCTURAL:
                         sk = stamp
-                    if op[4] in FIELD_WRITES or op[4] in EXISTENCE or op[4] in ACT_ONLY:
+                    if (op[4] in FIELD_WRITES or op[4] in EXISTENCE or op[4] in ACT_ONLY
+                            or op[4] in PROP_WRITES or op[4] in EDGE_CREATES):
                         writes.append(op)
                     else:
                         self._apply(op, set(), set())
@@ -400,6 +423,12 @@ class ConflictProjection:
             )
             fields.add((e, skey))
             ents.add(e)
+        elif t in PROP_WRITES:
+            self._prop_write(op, p["edge"], p["key"],
+                             _enc(p["value"]) if t == "SetEdgeProperty" else None, fields)
+        elif t in EDGE_CREATES:
+            for key, value in sorted((p.get("props") or {}).items()):
+                self._prop_write(op, p["edge"], key, _enc(value), fields)
         elif t in EXISTENCE or t in ACT_ONLY:
             raw = p["e"]
             e = self.resolve(raw)
@@ -418,6 +447,21 @@ class ConflictProjection:
             self._mapping(op)
         elif t == "MergeEntities":
             self._merge(op)
+
+    def _prop_write(self, op: tuple[Any, ...], edge: bytes, key: str, value: bytes | None,
+                    fields: set[tuple[bytes, str]]) -> None:
+        """A write of edge property `key` (never redirected, never mapped; no activity)."""
+        op_id, bid, h, actor, t, p = op
+        skey = prop_skey(key)
+        res = p.get("resolves") if t in PROP_WRITES else None
+        self.conn.execute(
+            "INSERT INTO cf_writes(entity, skey, op_id, actor, hlc, bundle_id, value, resolves,"
+            " conflict, is_clear, raw_entity, fkey, t) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (edge, skey, op_id, actor, h, bid, value, _enc(res) if res else None,
+             p.get("conflict") if t in PROP_WRITES else None, int(value is None), edge, skey,
+             t),
+        )
+        fields.add((edge, skey))
 
     def _define_field(self, op: tuple[Any, ...], fields: set[tuple[bytes, str]]) -> None:
         op_id, _, h, _, _, p = op
@@ -512,15 +556,15 @@ class ConflictProjection:
 
     def _field_writes(self, e: bytes, skey: str) -> list[_W]:
         out = []
-        for oid, actor, h, bid, value, res, clear, raw, fkey in self.conn.execute(
-            "SELECT op_id, actor, hlc, bundle_id, value, resolves, is_clear, raw_entity, fkey"
-            " FROM cf_writes WHERE entity = ? AND skey = ?", (e, skey),
+        for oid, actor, h, bid, value, res, clear, raw, fkey, t in self.conn.execute(
+            "SELECT op_id, actor, hlc, bundle_id, value, resolves, is_clear, raw_entity, fkey,"
+            " t FROM cf_writes WHERE entity = ? AND skey = ?", (e, skey),
         ):
             if self.crdt.get(fkey):
                 continue  # inert scalar write to a CRDT field: never enters W
             out.append(_W(bytes(oid), bytes(actor), bytes(h), bytes(bid),
                           _b(value), cbor2.loads(res) if res is not None else None,
-                          "ClearField" if clear else "SetField", fkey, bytes(raw)))
+                          t or ("ClearField" if clear else "SetField"), fkey, bytes(raw)))
         out.sort(key=lambda w: w.stamp)
         return out
 
@@ -596,7 +640,8 @@ class ConflictProjection:
         res_tips = [t for t in tips if t.op_id in acc]
         # open: the latest accepted resolution tip (reopened), else LWW; closed: the value
         display = (res_tips[-1] if res_tips and is_open else tips[-1]).value
-        return _record("field", e, skey, is_open, bool(is_open and res_tips), tips, acc,
+        kind = "property" if is_prop_skey(skey) else "field"
+        return _record(kind, e, skey, is_open, bool(is_open and res_tips), tips, acc,
                        display, accepted, rejected)
 
     def _delete_record(self, e: bytes) -> Record | None:
@@ -713,6 +758,8 @@ class ConflictProjection:
         }
         if "deleted" in rec:
             out["deleted"] = rec["deleted"]
+        if rec["kind"] == "property":  # entity_id is the edge id
+            out["property"] = rec["skey"][len(PROP_PREFIX):]
         return out
 
 
@@ -781,6 +828,6 @@ def raw_ids(xs: Iterable[bytes | str]) -> list[bytes]:
 
 
 __all__ = [
-    "ConflictAlreadyResolved", "ConflictNotFound", "ConflictProjection", "StaleConflictState",
-    "conflict_id",
+    "PROP_PREFIX", "ConflictAlreadyResolved", "ConflictNotFound", "ConflictProjection",
+    "StaleConflictState", "conflict_id", "is_prop_skey", "prop_skey",
 ]

@@ -221,10 +221,14 @@ class Views:
         )})
 
     def edge_props(self, edge: bytes) -> dict[str, Any]:
-        return {k: values.to_user(codec.decode(bytes(v))) for k, v in self.conn.execute(
-            "SELECT key, value FROM edge_props WHERE edge = ? AND value IS NOT NULL ORDER BY key",
-            (edge,),
-        )}
+        """Property values; where the conflict projection holds a record for a property, its
+        display value is shown (spec 02 §1.5), like fields."""
+        raw = {str(k): codec.decode(bytes(v)) if v is not None else None
+               for k, v in self.conn.execute(
+                   "SELECT key, value FROM edge_props WHERE edge = ?", (edge,))}
+        for skey, (display, _open) in (self.conflict_displays(edge, "property") or {}).items():
+            raw[skey[1:]] = display
+        return {k: values.to_user(v) for k, v in sorted(raw.items()) if v is not None}
 
     def prop_value(self, edge: bytes, key: str) -> list[Any] | None:
         for (v,) in self.conn.execute(
@@ -272,20 +276,25 @@ class Views:
         )]
 
     # --- records ---------------------------------------------------------------------------
-    def open_field_conflicts(self, e: bytes) -> dict[str, Any] | None:
-        """slot -> displayed value of e's open field conflicts, from the conflict projection;
-        None where that projection has no tables on this connection."""
+    def conflict_displays(self, owner: bytes, kind: str,
+                          ) -> dict[str, tuple[Any, bool]] | None:
+        """skey -> (value shown, open?) for every conflict record of owner (an entity's fields
+        or an edge's properties). Records are recomputed on every write to their field, so their
+        display value is right whether open or resolved: it skips rejected resolutions (spec 02
+        §1.6) and shows the accepted resolution while reopened (§1.5), which the LWW register
+        alone would not. None where the conflict projection has no tables on this connection."""
         try:
             rows = list(self.conn.execute(
-                "SELECT skey, record FROM cf_records WHERE entity = ? AND status = 'open'"
-                " AND kind = 'field'", (e,),
+                "SELECT skey, status, record FROM cf_records WHERE entity = ? AND kind = ?",
+                (owner, kind),
             ))
         except apsw.SQLError:
             return None
-        out: dict[str, Any] = {}
-        for skey, rec in rows:
+        out: dict[str, tuple[Any, bool]] = {}
+        for skey, status, rec in rows:
             display = cbor2.loads(rec)["display"]
-            out[skey] = codec.decode(bytes(display)) if display is not None else None
+            out[str(skey)] = (codec.decode(bytes(display)) if display is not None else None,
+                              status == "open")
         return out
 
     def record_values(self, e: bytes, table: TableDef) -> tuple[dict[str, Any], list[str]]:
@@ -294,7 +303,7 @@ class Views:
         conflict projection when it exists, else from the state projection's tips."""
         vals: dict[str, Any] = {}
         conflicts: list[str] = []
-        open_cf = self.open_field_conflicts(e)
+        shown = self.conflict_displays(e, "field")
         for f in table.fields:
             slot = self.proj.slot_of(f.facet, f.name)
             if f.crdt:
@@ -302,12 +311,12 @@ class Views:
                 vals[f.name] = crdt.read_text(st) if st is not None else None
                 continue
             v = self.slot_value(e, slot)
-            if open_cf is None:
+            if shown is None:
                 conflicted = self.is_conflicted(e, slot)
+            elif slot in shown:
+                v, conflicted = shown[slot]
             else:
-                conflicted = slot in open_cf
-                if conflicted:
-                    v = open_cf[slot]
+                conflicted = False
             vals[f.name] = _read(self, v)
             if conflicted:
                 conflicts.append(f.name)

@@ -39,6 +39,8 @@ from openprod.engine.conflicts import (
     ConflictProjection,
     StaleConflictState,
     conflict_id,
+    is_prop_skey,
+    prop_skey,
     raw_ids,
 )
 from openprod.engine.state import StateProjection
@@ -301,6 +303,17 @@ class Workspace:
         cid = conflict_id(e, slot)
         rec = self._conflicts_now().get_raw(cid)
         if rec is None or rec["status"] != "open" or rec["kind"] != "field":
+            return w
+        return attrs.evolve(w, resolves=sorted(bytes(t[0]) for t in rec["tips"]), conflict=cid)
+
+    def _tag_prop_if_open(self, w: O.SetEdgeProperty | O.ClearEdgeProperty) -> O.Payload:
+        """A local write to a locally open edge property is a resolution of it (spec 02 §0,
+        §1.6), like `_tag_if_open` for fields."""
+        if len(self.views.tips("p", w.edge, w.key)) < 2:
+            return w
+        cid = conflict_id(w.edge, prop_skey(w.key))
+        rec = self._conflicts_now().get_raw(cid)
+        if rec is None or rec["status"] != "open" or rec["kind"] != "property":
             return w
         return attrs.evolve(w, resolves=sorted(bytes(t[0]) for t in rec["tips"]), conflict=cid)
 
@@ -601,12 +614,16 @@ class Workspace:
             raise NotFound(f"no live edge {ids.to_text(g)}", edge=ids.to_text(g))
         et = self.views.edge_type(info["type"])
         assert et is not None
+        w: O.SetEdgeProperty | O.ClearEdgeProperty
         if value is None:
             if key not in et["props"]:
                 raise ValidationError(f"edge type has no property {key!r}", property=key)
-            return self._commit("user", [O.ClearEdgeProperty(g, key)])
-        return self._commit("user", [O.SetEdgeProperty(g, key, self._props(et, {key: value})
-                                                       [key])])
+            w = O.ClearEdgeProperty(g, key)
+        else:
+            w = O.SetEdgeProperty(g, key, self._props(et, {key: value})[key])
+        if self.overlays.active is None:  # staged writes are tagged when committed
+            return self._commit("user", [self._tag_prop_if_open(w)])
+        return self._commit("user", [w])
 
     # --- identity repair, mappings, config ----------------------------------------------------
     def merge(self, a: bytes | str, b: bytes | str) -> Result:
@@ -709,6 +726,8 @@ class Workspace:
         if choice is not None:
             raise ValidationError("choice applies to delete conflicts only", choice=choice)
         skey = rec["skey"]
+        if rec["kind"] == "property":
+            return self._resolve_property(cid, e, skey, value, tips)
         e = self._entity(e, canonical=True)
         members = sorted({skey} | {k for k, s in self.proj.slots.items() if s == skey})
         for key in members:
@@ -727,6 +746,26 @@ class Workspace:
         assert isinstance(write, O.SetField | O.ClearField)
         tagged = attrs.evolve(write, resolves=tips, conflict=cid)
         return self._commit("resolution", [tagged], push_undo=False)
+
+    def _resolve_property(self, cid: bytes, g: bytes, skey: str, value: Any,
+                          tips: list[bytes]) -> Result:
+        """One tagged SetEdgeProperty (value checked against the edge type's declared property
+        type) or ClearEdgeProperty (value None) on the live edge `g`."""
+        assert is_prop_skey(skey)
+        key = skey[1:]
+        info = self.views.edge(g)
+        if info is None or info["deleted"]:
+            raise NotFound(f"no live edge {ids.to_text(g)}", edge=ids.to_text(g))
+        et = self.views.edge_type(info["type"])
+        if et is None or key not in et["props"]:
+            raise ValidationError(f"edge type has no property {key!r}", property=key)
+        w: O.Payload
+        if value is None:
+            w = O.ClearEdgeProperty(g, key, resolves=tips, conflict=cid)
+        else:
+            w = O.SetEdgeProperty(g, key, self._props(et, {key: value})[key], resolves=tips,
+                                  conflict=cid)
+        return self._commit("resolution", [w], push_undo=False)
 
     def _resolve_delete(self, cid: bytes, e: bytes, rec: Mapping[str, Any], tips: list[bytes],
                         choice: str | None) -> Result:
@@ -1231,6 +1270,8 @@ class Workspace:
             elif isinstance(p, O.DeleteEdge | O.RestoreEdge | O.SetEdgeProperty
                             | O.ClearEdgeProperty | O.MoveOrderedEdge):
                 edge_ok(p.edge)
+                if isinstance(p, O.SetEdgeProperty | O.ClearEdgeProperty):
+                    p = self._tag_prop_if_open(p)
             out.append(p)
         return out
 

@@ -338,6 +338,9 @@ def test_c11_concurrent_resolutions_earlier_wins(net: Net) -> None:
         assert rec["display_value"] == first[1]
         assert [r["op_id"] for r in rec["resolutions"]] == [ids.to_text(first[0])]
         assert [r["op_id"] for r in rec["rejected_resolutions"]] == [ids.to_text(loser)]
+        # the record shows the accepted resolution, not the later-stamped rejected one
+        assert val(p, e, "name") == first[1]
+        assert p.get_record(e)["conflicts"] == []
     converged(net)
 
 
