@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import trio
 
 from actors.events import EventHub
+from actors.follower import Follower
 from openprod.core import codec, ids, values
 from openprod.core import hlc as hlcmod
 from openprod.engine.conflicts import ConflictProjection
@@ -33,40 +34,29 @@ class ConflictManager:
     def __init__(self, oplog_path: Path, hub: EventHub) -> None:
         self.proj = ConflictProjection(db.connect(oplog_path, synchronous="NORMAL"))
         self.hub = hub
-        self.applied = self.proj.checkpoint
-        self._target = self.applied
-        self._wake = trio.Event()
-        self._lot = trio.lowlevel.ParkingLot()
         self._limiter = trio.CapacityLimiter(1)
-        # called with the applied seq after each catch-up and its events (the OverlayManager
-        # wakes this way); callbacks run on the trio thread and must not block
-        self.listeners: list[Callable[[int], None]] = []
+        # woken after the StateDeriver applied new ops; listeners (the OverlayManager) hear each
+        # applied seq after its events
+        self.follow = Follower(self.proj.checkpoint)
+        self.notify = self.follow.notify
+        self.wait_applied = self.follow.wait
+        self.listeners = self.follow.listeners
 
-    def notify(self, seq: int) -> None:
-        """Something up to `seq` was appended (and the state projection applied it)."""
-        if seq > self._target:
-            self._target = seq
-            self._wake.set()
-
-    async def wait_applied(self, seq: int) -> None:
-        while self.applied < seq:
-            await self._lot.park()
+    @property
+    def applied(self) -> int:
+        return self.follow.done
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                   ) -> None:
         task_status.started()
         try:
             while True:
-                await self._wake.wait()
-                self._wake = trio.Event()
+                await self.follow.next()
                 events, seq = await trio.to_thread.run_sync(self._catch_up,
                                                             limiter=self._limiter)
-                self.applied = max(self.applied, seq)
-                self._lot.unpark_all()
                 for ev in events:  # the transaction has committed
                     self.hub.publish({**ev, "seq": seq})
-                for listener in self.listeners:
-                    listener(self.applied)
+                self.follow.advance(seq)
         finally:
             self.proj.conn.close()
 

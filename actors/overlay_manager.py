@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from actors.events import EventHub
+from actors.follower import Follower
 from actors.oplog_writer import OplogWriter, ShuttingDown
 from openprod.core import ids
 from openprod.storage import db
@@ -26,31 +27,23 @@ class OverlayManager:
         self.conn = db.connect(oplog_path, synchronous="NORMAL")
         self.writer = writer
         self.hub = hub
-        self.checked = 0  # the canonical seq the last drift check saw
-        self._target = 0
-        self._wake = trio.Event()
-        self._lot = trio.lowlevel.ParkingLot()
         self._limiter = trio.CapacityLimiter(1)
+        # woken after the ConflictManager applied new ops (both projections are then current)
+        self.follow = Follower(0)
+        self.notify = self.follow.notify
+        self.wait_checked = self.follow.wait  # until the drift check after a seq is out
 
-    def notify(self, seq: int) -> None:
-        """The conflict projection applied up to `seq`."""
-        if seq > self._target:
-            self._target = seq
-            self._wake.set()
-
-    async def wait_checked(self, seq: int) -> None:
-        """Until the drift check after canonical seq `seq` is done (and its events out)."""
-        while self.checked < seq:
-            await self._lot.park()
+    @property
+    def checked(self) -> int:
+        """The canonical seq the last drift check saw."""
+        return self.follow.done
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                   ) -> None:
         task_status.started()
         try:
             while True:
-                await self._wake.wait()
-                self._wake = trio.Event()
-                target = self._target
+                target = await self.follow.next()
                 if await trio.to_thread.run_sync(self._staging, limiter=self._limiter):
                     try:
                         events, seq = await self.writer.call(_check, "check_drift")
@@ -58,8 +51,7 @@ class OverlayManager:
                         return
                     for ev in events:
                         self.hub.publish(drift_event(ev, seq))
-                self.checked = target
-                self._lot.unpark_all()
+                self.follow.advance(target)
         finally:
             self.conn.close()
 

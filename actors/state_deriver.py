@@ -7,13 +7,13 @@ changed into `records_changed` / `tables_changed` events.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from actors.events import EventHub
+from actors.follower import Follower
 from openprod.core import ids
 from openprod.engine.state import StateProjection
 from openprod.engine.statehash import compute as compute_state_hash
@@ -25,38 +25,27 @@ class StateDeriver:
         self.proj = StateProjection(db.connect(oplog_path, synchronous="NORMAL"))
         self.proj.track_changes = True
         self.hub = hub
-        self.applied = self.proj.checkpoint
-        self._target = self.applied
-        self._wake = trio.Event()
-        self._lot = trio.lowlevel.ParkingLot()
         self._limiter = trio.CapacityLimiter(1)
-        # called with the applied seq after each catch-up (and its events); the ConflictManager
-        # wakes this way. Callbacks run on the trio thread and must not block.
-        self.listeners: list[Callable[[int], None]] = []
+        # notified by the writer after each append; listeners (the ConflictManager) hear each
+        # applied seq after its events
+        self.follow = Follower(self.proj.checkpoint)
+        self.notify = self.follow.notify
+        self.wait_applied = self.follow.wait
+        self.listeners = self.follow.listeners
 
-    def notify(self, seq: int) -> None:
-        """Called by the writer (same thread as trio) after each append."""
-        if seq > self._target:
-            self._target = seq
-            self._wake.set()
-
-    async def wait_applied(self, seq: int) -> None:
-        while self.applied < seq:
-            await self._lot.park()
+    @property
+    def applied(self) -> int:
+        return self.follow.done
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                   ) -> None:
         task_status.started()
         try:
             while True:
-                await self._wake.wait()
-                self._wake = trio.Event()
+                await self.follow.next()
                 changes = await trio.to_thread.run_sync(self._catch_up, limiter=self._limiter)
-                self.applied = changes["seq"]
-                self._lot.unpark_all()
-                self._publish(changes)
-                for listener in self.listeners:
-                    listener(self.applied)
+                self._publish(changes)  # after the commit, before waiters resume
+                self.follow.advance(changes["seq"])
         finally:
             self.proj.conn.close()
 
