@@ -136,6 +136,17 @@ class Views:
                 out.append(et)
         return out
 
+    def actor_name(self, actor: bytes) -> str:
+        """A person's display name from the synced `actor` profile, else 8 hex of the key."""
+        for (v,) in self.conn.execute(
+            "SELECT value FROM config WHERE ns = 'actor' AND key = ?", (actor.hex(),)
+        ):
+            if v is not None:
+                prof = codec.decode(bytes(v))
+                if isinstance(prof, dict) and isinstance(prof.get("display_name"), str):
+                    return str(prof["display_name"])
+        return actor.hex()[:8]
+
     # --- entities --------------------------------------------------------------------------
     def entity_row(self, e: bytes) -> tuple[bool, bool, bytes | None] | None:
         """(deleted, created, redirect) or None if no existence op is known."""

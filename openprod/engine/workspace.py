@@ -1113,15 +1113,27 @@ class Workspace:
             assert r.skey is not None
             p = r.payload
             _op, val, _tips = self._register(r.entity_id, r.skey)
+            facet, fname = values.split_field_key(r.skey)
+            fdef = self.views.field_def(facet, fname)
             out[(r.entity_id, r.skey)] = {  # later staged writes overwrite: the shown value
-                "entity_id": ids.to_text(r.entity_id), "field": r.skey.rpartition(".")[2],
-                "field_key": r.skey,
+                "entity_id": ids.to_text(r.entity_id), "field": fname,
+                "field_key": r.skey, "field_label": fdef.label if fdef else fname,
                 "overlay_value": _read(self.views, p.value) if isinstance(p, O.SetField)
                 else None,
                 "canonical_value": _read(self.views, codec.decode(val)) if val is not None
                 else None,
-                "kind": r.drift_kind}
+                "kind": r.drift_kind, **self._last_writer(r.entity_id, r.skey)}
         return list(out.values())
+
+    def _last_writer(self, e: bytes, slot: str) -> dict[str, Any]:
+        """Who last changed a field and when (spec 05 J12: "Changed … by Alex at 14:05")."""
+        for stamp, actor in self.proj.conn.execute(
+            "SELECT stamp, actor FROM fields WHERE entity = ? AND slot = ?", (e, slot)
+        ):
+            actor = bytes(actor)
+            return {"actor": actor.hex(), "actor_name": self.views.actor_name(actor),
+                    "at_ms": hlcmod.wall_ms(bytes(stamp)[:12])}
+        return {}
 
     def resolve_drift(self, oid: bytes | str, entity: bytes | str, field: str,
                       choice: str) -> None:

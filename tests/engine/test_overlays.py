@@ -236,11 +236,17 @@ def test_knockout_create_takes_dependent_ops(net: Net) -> None:
 # --- O9–O14: drift ---------------------------------------------------------------------------
 
 def test_o9_drift_value(net: Net) -> None:
-    _a, b, e, oid = o9(net)
+    a, b, e, oid = o9(net)
     drift = b.list_drift(oid)
+    a_write = a.get_record(e)  # A's edit is the canonical value B's overlay drifted from
+    assert a_write["values"]["name"] == "A"
     assert drift == [{"entity_id": b.get_record(e)["id"], "field": "name",
-                      "field_key": drift[0]["field_key"], "overlay_value": "B",
-                      "canonical_value": "A", "kind": "value"}]
+                      "field_key": drift[0]["field_key"], "field_label": "name",
+                      "overlay_value": "B", "canonical_value": "A", "kind": "value",
+                      # who changed it and when (spec 05 J12)
+                      "actor": a.actor.hex(), "actor_name": a.ident.display_name,
+                      "at_ms": drift[0]["at_ms"]}]
+    assert 0 < drift[0]["at_ms"] <= a.clock.ms
     rec = b.get_record(e)
     assert rec["values"]["name"] == "B" and rec["drifted"] == ["name"]
     assert [ev["overlay_id"] for ev in b.overlay_events] == [oid]
