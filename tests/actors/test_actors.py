@@ -9,8 +9,6 @@ import itertools
 import json
 import threading
 import urllib.request
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,36 +24,6 @@ from openprod.core import ids
 from openprod.core.errors import NotFound, ValidationError
 from openprod.core.identity import Identity
 from openprod.engine.workspace import Workspace
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Home:
-    h = Home(tmp_path / "home")
-    h.ensure()
-    return h
-
-
-@pytest.fixture
-def ident(home: Home) -> Identity:
-    return home.identity("Tester")
-
-
-@pytest.fixture
-def ws_id(home: Home, ident: Identity) -> str:
-    ws = home.create_workspace(ident, "Test")
-    try:
-        return ids.to_text(ws.ws)
-    finally:
-        ws.close()
-
-
-@pytest.fixture
-async def session(home: Home, ident: Identity, ws_id: str) -> AsyncIterator[Session]:
-    s = Session(home.workspace_path(ws_id), ident, EventHub())
-    async with trio.open_nursery() as n:
-        await n.start(s.run)
-        yield s
-        await s.stop()
 
 
 def _table(ws: Workspace) -> Any:

@@ -14,11 +14,8 @@ Screenshots land in /tmp/ui4-*.png.
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,28 +77,6 @@ def _prepare(data: Path, replica: Path, *, conflict: bool) -> None:
         a.close()
 
 
-@contextmanager
-def serve(data: Path, log: Path) -> Iterator[str]:
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "actors.cli", "serve", "--port", "0", "--data", str(data)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=err, bufsize=0,
-        )
-        try:
-            yield base._read_url(proc, log)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise
-            if proc.stdout is not None:
-                proc.stdout.close()
-    assert proc.returncode == 0, log.read_text(errors="replace")[-2000:]
-
-
 def _no_errors(errors: list[str]) -> None:
     unexpected = [e for e in errors if not re.search(r"Failed to load resource.* 409", e)]
     assert not unexpected, unexpected
@@ -112,7 +87,7 @@ def test_conflict_resolved_in_ui(tmp_path: Path) -> None:
 
     _prepare(tmp_path / "data", tmp_path / "jordan", conflict=True)
     errors: list[str] = []
-    with serve(tmp_path / "data", tmp_path / "engine.log") as url, base.chromium() as browser:
+    with base.serve(tmp_path / "data", tmp_path / "engine.log") as url, base.chromium() as browser:
         page = base.open_page(browser, url, errors)
         badge = page.locator("#conflict-badge")
         expect(badge).to_have_text("3 conflicts")
@@ -208,7 +183,7 @@ def test_staging_drift_keep_mine_commit(tmp_path: Path) -> None:
 
     _prepare(tmp_path / "data", tmp_path / "unused", conflict=False)
     errors: list[str] = []
-    with serve(tmp_path / "data", tmp_path / "engine.log") as url, base.chromium() as browser:
+    with base.serve(tmp_path / "data", tmp_path / "engine.log") as url, base.chromium() as browser:
         page = base.open_page(browser, url, errors)
         time_cell = base.cell(page, 0, "Time")
         expect(time_cell).to_have_text("10:00")

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -57,13 +57,14 @@ def _read_url(proc: subprocess.Popen[bytes], log: Path) -> str:
                          f"log={log.read_text(errors='replace')[-2000:]}")
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[str]:
-    log = tmp_path / "engine.log"
+@contextmanager
+def serve(data: Path, log: Path, extra: Sequence[str] = ()) -> Iterator[str]:
+    """A real `openprod serve` on a free port; yields its URL with the token; SIGTERM at the end
+    must exit 0."""
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "actors.cli", "serve", "--port", "0",
-             "--data", str(tmp_path / "data"), "--name", "Alex"],
+            [sys.executable, "-m", "actors.cli", "serve", "--port", "0", "--data", str(data),
+             *extra],
             cwd=REPO, stdout=subprocess.PIPE, stderr=err, bufsize=0,
         )
         try:
@@ -79,6 +80,12 @@ def engine(tmp_path: Path) -> Iterator[str]:
             if proc.stdout is not None:
                 proc.stdout.close()
     assert proc.returncode == 0, log.read_text(errors="replace")[-2000:]
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[str]:
+    with serve(tmp_path / "data", tmp_path / "engine.log", ["--name", "Alex"]) as url:
+        yield url
 
 
 @contextmanager
