@@ -32,7 +32,6 @@ Design notes (choices the spec leaves open):
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,10 +40,10 @@ import cbor2
 from blake3 import blake3
 
 from openprod.core import ids, values
-from openprod.core import vclock as vcmod
 from openprod.core.errors import NotFound, ValidationError
 from openprod.core.ops import STRUCTURAL
-from openprod.engine.state import ENTITY_KEY, _seen
+from openprod.engine.projection import Corrupt, ProjectionBase, Replay, seen
+from openprod.engine.state import ENTITY_KEY
 from openprod.storage import db
 
 CONFLICT_PREFIX = b"openprod/conflict"
@@ -144,16 +143,6 @@ class _W:
         self.stamp = hlc + op_id
 
 
-class _Replay(Exception):
-    pass
-
-
-class _Corrupt(Exception):
-    def __init__(self, bundle_id: bytes) -> None:
-        super().__init__(bundle_id)
-        self.bundle_id = bundle_id
-
-
 def _b(x: Any) -> Any:
     return bytes(x) if isinstance(x, memoryview) else x
 
@@ -162,11 +151,11 @@ def _enc(x: Any) -> bytes:
     return cbor2.dumps(x, canonical=True)
 
 
-class ConflictProjection:
+class ConflictProjection(ProjectionBase):
     """The ConflictManager's projection over one apsw connection to `oplog.db`."""
 
     def __init__(self, conn: apsw.Connection) -> None:
-        self.conn = conn
+        super().__init__(conn)
         with db.transaction(conn):
             conn.execute(SCHEMA)
             if "t" not in {r[1] for r in conn.execute("PRAGMA table_info(cf_writes)")}:
@@ -176,7 +165,6 @@ class ConflictProjection:
                          "sk": ZERO_STAMP}.items():
                 if k not in have:
                     conn.execute("INSERT INTO cf_meta(k, v) VALUES (?, ?)", (k, v))
-        self._vcs: OrderedDict[bytes, dict[bytes, bytes]] = OrderedDict()
         self.replays = 0
         self._load()
 
@@ -187,11 +175,6 @@ class ConflictProjection:
     @property
     def checkpoint(self) -> int:
         return int(self._meta()["seq"])
-
-    def _head(self) -> int:
-        for (v,) in self.conn.execute("SELECT v FROM oplog_meta WHERE k = 'head_seq'"):
-            return int(v)
-        return 0
 
     def _load(self) -> None:
         self.crdt: dict[str, bool] = {
@@ -228,26 +211,11 @@ class ConflictProjection:
     def slot_of(self, fkey: str) -> str:
         return self.slots.get(fkey, fkey)
 
-    def _vc(self, bundle_id: bytes) -> dict[bytes, bytes]:
-        vc = self._vcs.get(bundle_id)
-        if vc is not None:
-            self._vcs.move_to_end(bundle_id)
-            return vc
-        vc = {}
-        for (header,) in self.conn.execute(
-            "SELECT header FROM bundles WHERE bundle_id = ?", (bundle_id,)
-        ):
-            vc = vcmod.from_wire(cbor2.loads(header)["causal_vc"])
-        self._vcs[bundle_id] = vc
-        if len(self._vcs) > 4096:
-            self._vcs.popitem(last=False)
-        return vc
-
     def _seen(self, x: _W, y: _W) -> bool:
-        return _seen(x.hlc, x.actor, self._vc(x.bundle), y.hlc, y.actor)
+        return seen(x.hlc, x.actor, self._vc(x.bundle), y.hlc, y.actor)
 
     def _saw(self, x: _W, hlc: bytes, actor: bytes) -> bool:
-        return _seen(x.hlc, x.actor, self._vc(x.bundle), hlc, actor)
+        return seen(x.hlc, x.actor, self._vc(x.bundle), hlc, actor)
 
     # --- driving ---------------------------------------------------------------------------
     def catch_up(self) -> list[dict[str, Any]]:
@@ -277,32 +245,15 @@ class ConflictProjection:
                 self._load()
                 raise
 
-    def _quarantine_hits(self, seq: int) -> bool:
-        for _ in self.conn.execute(
-            "SELECT 1 FROM quarantine q JOIN bundles b ON b.bundle_id = q.bundle_id"
-            " WHERE q.at_seq > ? AND b.first_seq <= ? LIMIT 1", (seq, seq),
-        ):
-            return True
-        return False
-
-    def _quarantined(self) -> set[bytes]:
-        return {bytes(b) for (b,) in self.conn.execute("SELECT bundle_id FROM quarantine")}
-
-    def _quarantine(self, bundle_id: bytes, head: int) -> None:
-        self.conn.execute(
-            "INSERT OR IGNORE INTO quarantine(bundle_id, reason, at_seq) VALUES (?, ?, ?)",
-            (bundle_id, "stored op body does not match its op_hash", head),
-        )
-
     @staticmethod
     def _decode(row: tuple[Any, ...]) -> tuple[Any, ...]:
         _seq, op_id, bid, h, actor, t, body, oh = (_b(x) for x in row)
         if blake3(body).digest() != oh:
-            raise _Corrupt(bid)
+            raise Corrupt(bid)
         try:
             p = cbor2.loads(body)["p"]
         except Exception as exc:
-            raise _Corrupt(bid) from exc
+            raise Corrupt(bid) from exc
         return op_id, bid, h, actor, t, p
 
     def _incremental(self, seq: int, hw: bytes, sk: bytes, head: int) -> list[dict[str, Any]]:
@@ -319,7 +270,7 @@ class ConflictProjection:
                 continue
             try:
                 pending.extend([self._decode(r) for r in rows])
-            except _Corrupt:
+            except Corrupt:
                 self._quarantine(bid, head)
         pending.sort(key=lambda o: o[2] + o[0])
         fields: set[tuple[bytes, str]] = set()
@@ -329,13 +280,13 @@ class ConflictProjection:
                 stamp = op[2] + op[0]
                 structural = op[4] in STRUCTURAL
                 if op[4] in REPLAY_OPS or (stamp <= hw and (structural or stamp < sk)):
-                    raise _Replay
+                    raise Replay
                 self._apply(op, fields, ents)
                 if stamp > hw:
                     hw = stamp
                 if structural and stamp > sk:
                     sk = stamp
-        except _Replay:
+        except Replay:
             self._load()
             return self._full_replay(head)
         events = self._recompute(fields, ents)
@@ -370,7 +321,7 @@ class ConflictProjection:
                         writes.append(op)
                     else:
                         self._apply(op, set(), set())
-            except _Corrupt as bad:
+            except Corrupt as bad:
                 self._quarantine(bad.bundle_id, head)
                 continue
             break

@@ -9,7 +9,6 @@ concurrent differing writes visible as conflicts.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,10 +17,9 @@ import cbor2
 from blake3 import blake3 as _blake3
 
 from openprod.core import codec
-from openprod.core import hlc as hlcmod
-from openprod.core import vclock as vcmod
 from openprod.core.ops import STRUCTURAL
 from openprod.engine import crdt
+from openprod.engine.projection import Corrupt, ProjectionBase, Replay, seen
 from openprod.engine.rowcache import Rows
 from openprod.storage import db
 
@@ -131,16 +129,6 @@ class _Op:
         self.stamp = hlc + op_id
 
 
-class _Replay(Exception):
-    """Raised inside a batch when spec 01 §7 calls for a full replay."""
-
-
-class _Corrupt(Exception):
-    def __init__(self, bundle_id: bytes) -> None:
-        super().__init__(bundle_id)
-        self.bundle_id = bundle_id
-
-
 class _TipRows(Rows):
     """Rows whose single column is a tip list: decoded in the cache, encoded when flushed."""
 
@@ -151,21 +139,11 @@ class _TipRows(Rows):
         return (codec.encode_trusted(row[0]),)
 
 
-def _seen(x_hlc: bytes, x_actor: bytes, x_vc: dict[bytes, bytes], y_hlc: bytes,
-          y_actor: bytes) -> bool:
-    """x had seen y (spec 02 §1.1). Requiring x.hlc > y.hlc keeps it exact for any signed VC."""
-    if x_hlc <= y_hlc:
-        return False
-    if x_actor == y_actor:
-        return True
-    return x_vc.get(y_actor, hlcmod.ZERO) >= y_hlc
-
-
-class StateProjection:
+class StateProjection(ProjectionBase):
     """The state projection over one apsw connection to `oplog.db` (reads ops, writes state)."""
 
     def __init__(self, conn: apsw.Connection) -> None:
-        self.conn = conn
+        super().__init__(conn)
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         with db.transaction(conn):
             conn.execute(SCHEMA)
@@ -191,7 +169,6 @@ class StateProjection:
             self.props, self.config,
         )
         self._inert: list[tuple[Any, ...]] = []
-        self._vcs: OrderedDict[bytes, dict[bytes, bytes]] = OrderedDict()
         self._handlers: dict[str, Callable[[_Op], None]] = {
             "CreateEntity": self._create_entity,
             "DeleteEntity": self._delete_entity,
@@ -244,11 +221,6 @@ class StateProjection:
     @property
     def checkpoint(self) -> int:
         return int(self._meta()["seq"])
-
-    def _head(self) -> int:
-        for (v,) in self.conn.execute("SELECT v FROM oplog_meta WHERE k = 'head_seq'"):
-            return int(v)
-        return 0
 
     def refresh(self) -> None:
         """Reload the schema caches (for a read-only user of a projection another owner drives)."""
@@ -303,24 +275,6 @@ class StateProjection:
                 raise
         return self.checkpoint
 
-    def _quarantine_hits(self, seq: int) -> bool:
-        """A bundle quarantined after we applied it forces a replay (spec 01 §4)."""
-        for _ in self.conn.execute(
-            "SELECT 1 FROM quarantine q JOIN bundles b ON b.bundle_id = q.bundle_id"
-            " WHERE q.at_seq > ? AND b.first_seq <= ? LIMIT 1", (seq, seq),
-        ):
-            return True
-        return False
-
-    def _quarantined(self) -> set[bytes]:
-        return {bytes(b) for (b,) in self.conn.execute("SELECT bundle_id FROM quarantine")}
-
-    def _quarantine(self, bundle_id: bytes, head: int) -> None:
-        self.conn.execute(
-            "INSERT OR IGNORE INTO quarantine(bundle_id, reason, at_seq) VALUES (?, ?, ?)",
-            (bundle_id, "stored op body does not match its op_hash", head),
-        )
-
     def _incremental(self, seq: int, hw: bytes, sk: bytes, head: int) -> None:
         quarantined = self._quarantined()
         by_bundle: dict[bytes, list[tuple[Any, ...]]] = {}
@@ -335,21 +289,21 @@ class StateProjection:
                 continue
             try:
                 pending.extend([self._decode(r) for r in rows])  # whole bundle or none
-            except _Corrupt:
+            except Corrupt:
                 self._quarantine(bid, head)
         pending.sort(key=lambda o: o.stamp)
         try:
             for op in pending:
                 structural = op.t in STRUCTURAL
                 if op.stamp <= hw and (structural or op.stamp < sk):
-                    raise _Replay
+                    raise Replay
                 self._hw = hw
                 self._apply(op)
                 if op.stamp > hw:
                     hw = op.stamp
                 if structural and op.stamp > sk:
                     sk = op.stamp
-        except _Replay:
+        except Replay:
             self._reset_caches()
             self._inert.clear()
             self._full_replay(head)
@@ -361,12 +315,12 @@ class StateProjection:
         # apsw returns BLOBs as bytes, so no copies are needed here (hot path of a replay).
         seq, op_id, bid, h, actor, t, body, oh = row
         if _blake3(body).digest() != oh:
-            raise _Corrupt(bid)
+            raise Corrupt(bid)
         try:
             # The body's op_hash matches, so these are the admitted canonical bytes.
             p = _loads(body)["p"]
         except Exception as exc:  # a stored body that no longer decodes is corrupt too
-            raise _Corrupt(bid) from exc
+            raise Corrupt(bid) from exc
         return _Op(seq, op_id, bid, h, actor, t, p)
 
     def _full_replay(self, head: int) -> None:
@@ -406,7 +360,7 @@ class StateProjection:
                     if n % FLUSH_EVERY == 0:
                         self._flush()
                         self._reset_caches(fresh=None)
-            except _Corrupt as bad:
+            except Corrupt as bad:
                 # A corrupt body anywhere: quarantine its bundle and replay without it.
                 self._quarantine(bad.bundle_id, head)
                 continue
@@ -475,21 +429,6 @@ class StateProjection:
         key = f"{facet}.{field}"
         return self.slots.get(key, key)
 
-    def _vc(self, bundle_id: bytes) -> dict[bytes, bytes]:
-        vc = self._vcs.get(bundle_id)
-        if vc is not None:
-            self._vcs.move_to_end(bundle_id)
-            return vc
-        vc = {}
-        for (header,) in self.conn.execute(
-            "SELECT header FROM bundles WHERE bundle_id = ?", (bundle_id,)
-        ):
-            vc = vcmod.from_wire(cbor2.loads(header)["causal_vc"])
-        self._vcs[bundle_id] = vc
-        if len(self._vcs) > 4096:
-            self._vcs.popitem(last=False)
-        return vc
-
     def _next_tips(self, tips: list[Tip], op: _Op, value: Any, fkey: str | None,
                    kind: str, owner: bytes, key: str) -> list[Tip]:
         """The tips after write op: drop those op has seen; add op unless a write saw it."""
@@ -497,7 +436,7 @@ class StateProjection:
         if not tips:
             return [me]
         vc = self._vc(op.bundle)
-        kept = [t for t in tips if not _seen(op.hlc, op.actor, vc, t[2], t[1])]
+        kept = [t for t in tips if not seen(op.hlc, op.actor, vc, t[2], t[1])]
         if not self._is_late(op) or not self._dominated(kind, owner, key, op):
             kept.append(me)
         return kept
@@ -505,7 +444,7 @@ class StateProjection:
     def _saw(self, op: _Op, hlc: bytes, actor: bytes) -> bool:
         if actor == op.actor:
             return op.hlc > hlc
-        return _seen(op.hlc, op.actor, self._vc(op.bundle), hlc, actor)
+        return seen(op.hlc, op.actor, self._vc(op.bundle), hlc, actor)
 
     def _reg_tips(self, kind: str, owner: bytes, key: str, reg: tuple[Any, ...] | None,
                   ) -> list[Tip]:
@@ -546,7 +485,7 @@ class StateProjection:
                     continue
                 if kind != "e" and not self._writes_key(kind, key, cbor2.loads(body)["p"]):
                     continue
-                if _seen(bytes(h), bytes(actor), self._vc(bytes(bid)), op.hlc, op.actor):
+                if seen(bytes(h), bytes(actor), self._vc(bytes(bid)), op.hlc, op.actor):
                     return True
         return False
 
