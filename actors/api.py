@@ -24,6 +24,7 @@ from quart import Response, redirect, request, send_from_directory, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from actors import blocking
 from actors.node import Node
 from actors.overlay_manager import drift_event
 from openprod.core import codec, ids
@@ -229,7 +230,7 @@ async def list_workspaces(node: Node, body: Any) -> dict[str, Any]:
 @api("/workspace/create", "POST", "Create a workspace and open it", body=obj(["name"], name=STR))
 async def create_workspace(node: Node, body: dict[str, Any]) -> dict[str, Any]:
     name = _field(body, "name", str)
-    ws = await trio.to_thread.run_sync(node.home.create_workspace, node.ident, name)
+    ws = await blocking.run_sync(node.home.create_workspace, node.ident, name)
     ws_id = ids.to_text(ws.ws)
     ws.close()
     await node.open_workspace(ws_id)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from actors import blocking
 from actors.events import EventHub
 from actors.follower import Follower
 from openprod.core import codec, ids, values
@@ -52,7 +53,7 @@ class ConflictManager:
         try:
             while True:
                 await self.follow.next()
-                events, seq = await trio.to_thread.run_sync(self._catch_up,
+                events, seq = await blocking.run_sync(self._catch_up,
                                                             limiter=self._limiter)
                 for ev in events:  # the transaction has committed
                     self.hub.publish({**ev, "seq": seq})
@@ -76,7 +77,7 @@ class ConflictReader:
         self._limiter = trio.CapacityLimiter(1)
 
     async def read(self, fn: Callable[[ConflictReader], T]) -> T:
-        return await trio.to_thread.run_sync(self._run, fn, limiter=self._limiter)
+        return await blocking.run_sync(self._run, fn, limiter=self._limiter)
 
     def _run(self, fn: Callable[[ConflictReader], T]) -> T:
         conn = self._state.conn

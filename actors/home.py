@@ -118,11 +118,49 @@ class Home:
         ws_id = ids.new_id()
         path = self.workspace_dir(ids.to_text(ws_id))
         ws = Workspace.create(path, ident, name.strip(), ws=ws_id)
-        (path / "workspace.toml").write_text(
-            f"name = {_toml_str(name.strip())}\nstate = \"active\"\n\n[sync]\nenabled = true\n"
-        )
+        self.write_meta(ids.to_text(ws_id), name=name.strip(), state="active")
         self.set_last(ids.to_text(ws_id))
         return ws
+
+    def join_workspace(self, ident: identmod.Identity, ws_id: str, name: str = "") -> Workspace:
+        """An empty replica of workspace `ws_id` (state=joining) for catch-up to fill (§2 Join)."""
+        try:
+            ws_bytes = ids.from_text(ws_id)
+        except (ValueError, TypeError, AttributeError):
+            raise ValidationError(f"{ws_id!r} is not a workspace id", field="id") from None
+        path = self.workspace_dir(ids.to_text(ws_bytes))
+        if (path / OPLOG_FILE).exists():
+            raise ValidationError(f"workspace {ws_id} is already on this device", workspace=ws_id)
+        ws = Workspace.join(path, ident, ws_bytes)
+        os.chmod(path, 0o700)
+        self.write_meta(ids.to_text(ws_bytes), name=name or "Joining workspace", state="joining")
+        return ws
+
+    def read_meta(self, ws_id: str) -> dict[str, Any]:
+        try:
+            return tomllib.loads((self.workspace_dir(ws_id) / "workspace.toml").read_text())
+        except (OSError, tomllib.TOMLDecodeError):
+            return {}
+
+    def write_meta(self, ws_id: str, *, name: str | None = None, state: str | None = None,
+                   manual_peers: list[str] | None = None) -> None:
+        """Rewrite workspace.toml, changing only what is given (atomically, 0600)."""
+        doc = self.read_meta(ws_id)
+        sync = dict(doc.get("sync") or {})
+        name = name if name is not None else str(doc.get("name", ws_id))
+        state = state if state is not None else str(doc.get("state", "active"))
+        if manual_peers is not None:
+            sync["manual_peers"] = manual_peers
+        peers = [p for p in sync.get("manual_peers", []) if isinstance(p, str)]
+        text = (f"name = {_toml_str(name)}\nstate = {_toml_str(state)}\n\n[sync]\n"
+                f"enabled = {'false' if sync.get('enabled') is False else 'true'}\n"
+                f"manual_peers = [{', '.join(_toml_str(p) for p in peers)}]\n")
+        path = self.workspace_dir(ws_id) / "workspace.toml"
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
 
     def workspace_path(self, ws_id: str) -> Path:
         path = self.workspace_dir(ws_id)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from actors.oplog_writer import OplogWriter
 from actors.overlay_manager import OverlayManager
 from actors.reader import Reader
 from actors.state_deriver import StateDeriver
+from actors.sync_service import SyncService
+from openprod.core import hlc as hlcmod
 from openprod.core import ids
 from openprod.core.identity import Identity
 from openprod.engine.workspace import OPLOG_FILE, Workspace
@@ -39,9 +42,11 @@ log = logging.getLogger("openprod.node")
 class Session:
     """The actors of one open workspace."""
 
-    def __init__(self, path: Path, ident: Identity, hub: EventHub) -> None:
+    def __init__(self, path: Path, ident: Identity, hub: EventHub, *,
+                 now: Callable[[], int] = hlcmod.system_ms,
+                 sync: dict[str, Any] | None = None) -> None:
         self.path = path
-        self.ws = Workspace.open(path, ident, derive=False)
+        self.ws = Workspace.open(path, ident, now=now, derive=False)
         self.ws_id = ids.to_text(self.ws.ws)
         self.deriver = StateDeriver(path / OPLOG_FILE, hub)
         self.conflicts = ConflictManager(path / OPLOG_FILE, hub)
@@ -51,6 +56,7 @@ class Session:
         self.conflicts.listeners.append(self.overlays.notify)
         self.reader = Reader(path / OPLOG_FILE)
         self.conflict_reader = ConflictReader(path / OPLOG_FILE)
+        self.sync = SyncService(self, hub, now_ms=now, **(sync or {}))
         # the active overlay as of the last writer call (overlays all load stashed)
         self.active_overlay: bytes | None = self.ws.overlays.active
         self.cancel_scope = trio.CancelScope()
@@ -65,6 +71,7 @@ class Session:
                     await n.start(self.conflicts.run)
                     await n.start(self.writer.run)
                     await n.start(self.overlays.run)
+                    await n.start(self.sync.run)
                     # bring the projections up to the oplog head before serving reads
                     head = self.ws.storage.head_seq()
                     self.deriver.notify(head)
@@ -87,8 +94,10 @@ class Session:
 
 
 class Node:
-    def __init__(self, home: Home, ident: Identity, token: str) -> None:
+    def __init__(self, home: Home, ident: Identity, token: str, *,
+                 now: Callable[[], int] = hlcmod.system_ms) -> None:
         self.home = home
+        self.now = now
         self.ident = ident
         self.token = token
         self.hub = EventHub()
@@ -116,7 +125,7 @@ class Node:
         if self.session is not None:
             old, self.session = self.session, None
             await old.stop()
-        session = Session(path, self.ident, self.hub)
+        session = Session(path, self.ident, self.hub, now=self.now)
         await self._nursery.start(session.run)
         self.session = session
         self.home.set_last(ws_id)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import outcome
 import trio
 
+from actors import blocking
 from actors.messages import Call
 from actors.state_deriver import StateDeriver
 from openprod.core.errors import OpenprodError
@@ -42,6 +43,8 @@ class OplogWriter:
         self._limiter = trio.CapacityLimiter(1)
         self.appended = ws.storage.head_seq()
         self.closing = False
+        # told the new head after each append (the SyncService's fan-out); must not block
+        self.listeners: list[Callable[[int], None]] = []
 
     async def call(self, fn: Callable[[Workspace], T], label: str = "") -> T:
         """Run fn(workspace) on the writer and return its result (or raise its error)."""
@@ -69,12 +72,14 @@ class OplogWriter:
                     await self.deriver.wait_applied(self.appended)
                     if self.conflicts is not None:  # resolution commands read conflict state
                         await self.conflicts.wait_applied(self.appended)
-                    result = await trio.to_thread.run_sync(self._run, msg.fn,
+                    result = await blocking.run_sync(self._run, msg.fn,
                                                            limiter=self._limiter)
                     head = self.ws.storage.head_seq()
                     if head > self.appended:
                         self.appended = head
                         self.deriver.notify(head)
+                        for listener in self.listeners:
+                            listener(head)
                     with trio.CancelScope(shield=True):
                         # the caller may have gone away; the command still happened
                         with contextlib.suppress(trio.BrokenResourceError,

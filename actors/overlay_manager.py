@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from actors import blocking
 from actors.events import EventHub
 from actors.follower import Follower
 from actors.oplog_writer import OplogWriter, ShuttingDown
@@ -44,7 +45,7 @@ class OverlayManager:
         try:
             while True:
                 target = await self.follow.next()
-                if await trio.to_thread.run_sync(self._staging, limiter=self._limiter):
+                if await blocking.run_sync(self._staging, limiter=self._limiter):
                     try:
                         events, seq = await self.writer.call(_check, "check_drift")
                     except ShuttingDown:

@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import trio
 
+from actors import blocking
 from openprod.engine.state import StateProjection
 from openprod.engine.views import Views
 from openprod.storage import db
@@ -23,7 +24,7 @@ class Reader:
 
     async def read(self, fn: Callable[[Views], T]) -> T:
         """Run fn(views) in a worker thread inside one read snapshot."""
-        return await trio.to_thread.run_sync(self._run, fn, limiter=self._limiter)
+        return await blocking.run_sync(self._run, fn, limiter=self._limiter)
 
     def _run(self, fn: Callable[[Views], T]) -> T:
         conn = self._proj.conn

@@ -12,6 +12,7 @@ from typing import Any
 
 import trio
 
+from actors import blocking
 from actors.events import EventHub
 from actors.follower import Follower
 from openprod.core import ids
@@ -43,7 +44,7 @@ class StateDeriver:
         try:
             while True:
                 await self.follow.next()
-                changes = await trio.to_thread.run_sync(self._catch_up, limiter=self._limiter)
+                changes = await blocking.run_sync(self._catch_up, limiter=self._limiter)
                 self._publish(changes)  # after the commit, before waiters resume
                 self.follow.advance(changes["seq"])
         finally:
@@ -86,4 +87,4 @@ class StateDeriver:
             digest = oplog_digest_of(self.proj.conn)
             return {"state_hash": compute_state_hash(self.proj.conn, digest).hex(),
                     "oplog_digest": digest.hex(), "seq": self.proj.checkpoint}
-        return await trio.to_thread.run_sync(compute, limiter=self._limiter)
+        return await blocking.run_sync(compute, limiter=self._limiter)

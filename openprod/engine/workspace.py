@@ -20,12 +20,9 @@ from openprod.core import codec, ids, values
 from openprod.core import hlc as hlcmod
 from openprod.core import ops as O
 from openprod.core.errors import (
-    ClockDriftError,
-    ContentError,
     EntityDeleted,
     EntityMerged,
     EquivocationError,
-    IntegrityError,
     NotFound,
     ValidationError,
 )
@@ -48,9 +45,11 @@ from openprod.engine.statehash import compute as compute_state_hash
 from openprod.engine.views import FieldDef, TableDef, Views, _read
 from openprod.storage import db
 from openprod.storage.sqlite import SqliteStorage, digest_of
+from openprod.sync.receipt import Checked, check_records
 
 OPLOG_FILE = "oplog.db"
 IMPORT_BATCH = 500
+INTEGRITY_CODES = frozenset(["bad_signature", "bad_digest", "malformed"])
 
 
 @attrs.frozen
@@ -73,6 +72,7 @@ class IngestReport:
     applied: list[bytes] = attrs.field(factory=list)
     dup: list[bytes] = attrs.field(factory=list)
     rejected: list[tuple[bytes | None, str, str]] = attrs.field(factory=list)
+    stale: list[bytes] = attrs.field(factory=list)  # applied, older than 7 days (flagged)
     seq: int = 0
 
 
@@ -1292,31 +1292,60 @@ class Workspace:
         """Verify, admit and append remote bundles (whole), then project them.
 
         Integrity failures and drift are rejected unstored and unsettled; content failures of
-        validly signed bundles are settled (spec 03 §3). Nothing bad is ever stored.
+        validly signed bundles are settled (spec 03 §3). Nothing bad is ever stored. Bundles
+        are taken in the order given (no `prev` check: the caller vouches for the order).
+        """
+        return self.admit(check_records(list(records), self.ws, self.clock.check_drift))
+
+    def admit(self, checked: Sequence[Checked],
+              prev: Mapping[bytes, bytes] | None = None) -> IngestReport:
+        """Admit checked records in order (spec 03 §6.1), append them in one transaction.
+
+        With `prev` (an `ops` message's): an actor X whose `prev[X]` is beyond our `vc[X]` has
+        all its bundles dropped (`gap`), so the VC never passes a hole. For every actor, the
+        first unsettled rejection drops the rest of its bundles in this batch; a record whose
+        actor cannot be read stops the whole rest of the batch.
         """
         report = IngestReport()
         good: list[O.Bundle] = []
         batch_ids: set[bytes] = set()
-        for rec in records:
-            try:
-                b = O.open_bundle(rec, self.ws)
-                self.clock.check_drift(b.hlc)
-            except ContentError as exc:
-                d = exc.details
-                try:  # a bundle that is also too far in the future is a drift failure: unsettled
-                    if d["hlc"] is not None:
-                        self.clock.check_drift(d["hlc"])
-                except ClockDriftError as drift:
-                    report.rejected.append((d["bundle_id"], drift.code, drift.message))
-                    continue
-                if not self.storage.is_settled(d["bundle_id"]):
-                    self.storage.record_rejection(d["bundle_id"], d["actor"], d["hlc"],
-                                                  exc.code, exc.message, None, settled=True)
-                report.rejected.append((d["bundle_id"], exc.code, exc.message))
+        blocked: set[bytes] = set()
+        vc = self.storage.vclock()
+        if prev is not None:
+            for c in checked:
+                x = c.actor
+                if x is not None and x not in blocked and prev.get(x, hlcmod.ZERO) > vc.get(
+                        x, hlcmod.ZERO):
+                    blocked.add(x)
+                    report.rejected.append((c.bundle_id, "gap", "bundles missing before these"))
+        last: dict[bytes, bytes] = {}
+        for c in checked:
+            if c.actor is None:
+                report.rejected.append((c.bundle_id, c.code or "malformed", c.message))
+                break
+            if c.actor in blocked:
                 continue
-            except (IntegrityError, ClockDriftError) as exc:
-                report.rejected.append((_bundle_id_of(rec), exc.code, exc.message))
+            if prev is not None and c.hlc is not None and c.hlc <= last.get(c.actor,
+                                                                             hlcmod.ZERO):
+                blocked.add(c.actor)  # an actor's bundles must come in HLC order
+                report.rejected.append((c.bundle_id, "gap", "bundles out of order"))
                 continue
+            if c.hlc is not None:
+                last[c.actor] = c.hlc
+            if c.bundle is None:
+                if c.settled:
+                    if c.bundle_id is not None and not self.storage.is_settled(c.bundle_id):
+                        self.storage.record_rejection(c.bundle_id, c.actor, c.hlc, "content",
+                                                      c.message, None, settled=True)
+                else:
+                    blocked.add(c.actor)
+                    if c.code in INTEGRITY_CODES:  # kept (capped) for diagnosis, never applied
+                        self.storage.record_rejection(
+                            c.bundle_id or b"", c.actor, c.hlc, c.code or "malformed",
+                            c.message, codec.encode(c.record), settled=False)
+                report.rejected.append((c.bundle_id, c.code or "malformed", c.message))
+                continue
+            b = c.bundle
             if b.bundle_id in batch_ids:
                 report.dup.append(b.bundle_id)  # repeated within this batch
                 continue
@@ -1331,10 +1360,13 @@ class Workspace:
         except EquivocationError:
             results = []
             for b in good:
+                if b.actor in blocked:
+                    continue
                 try:
                     one = self.storage.append([b], origin="remote", stale_before_ms=stale_before)
                     results.append((b, one.status[b.bundle_id]))
                 except EquivocationError as exc:
+                    blocked.add(b.actor)
                     report.rejected.append((b.bundle_id, exc.code, exc.message))
         for b, st in results:
             if st == "dup" and b.bundle_id not in report.applied:
@@ -1342,8 +1374,11 @@ class Workspace:
             elif st != "dup":
                 self.clock.receive(b.hlc)
                 report.applied.append(b.bundle_id)
-        self._derive()
-        self._after_canonical()
+                if hlcmod.wall_ms(b.ops[0].hlc) < stale_before:
+                    report.stale.append(b.bundle_id)
+        if report.applied:
+            self._derive()
+            self._after_canonical()
         return attrs.evolve(report, seq=self.storage.head_seq())
 
     def ops_since(self, vc: Mapping[bytes, bytes]) -> list[list[Any]]:
@@ -1352,6 +1387,26 @@ class Workspace:
 
     def vclock(self) -> dict[bytes, bytes]:
         return self.storage.vclock()
+
+    def genesis_hash(self) -> bytes | None:
+        """BLAKE3 of the genesis record's canonical bytes (spec 03 §2); None before it arrived.
+
+        The genesis is the first bundle in canonical order holding `CreateWorkspace`."""
+        cached = self.storage.local_get("genesis_hash")
+        if cached is not None:
+            return bytes(cached)
+        for (bid,) in self.storage.conn.execute(
+                "SELECT bundle_id FROM ops WHERE t = 'CreateWorkspace' ORDER BY hlc, op_id"
+                " LIMIT 1"):
+            rec = self.storage.bundle_record(bytes(bid))
+            if rec is None:
+                return None
+            from blake3 import blake3
+
+            gh = blake3(codec.encode(rec)).digest()
+            self.storage.local_set("genesis_hash", gh)
+            return gh
+        return None
 
     # --- digests and verification ------------------------------------------------------------
     def oplog_digest(self) -> bytes:

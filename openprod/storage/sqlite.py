@@ -22,6 +22,8 @@ from openprod.core.ops import Bundle
 from openprod.storage import db
 
 DIGEST_PREFIX = b"openprod/oplog/v1\n"
+REJECTED_MAX_ROWS = 1000
+REJECTED_MAX_BYTES = 64 * 1024 * 1024
 MOD = 2**256
 
 SCHEMA = """
@@ -31,6 +33,7 @@ CREATE TABLE IF NOT EXISTS bundles(
     origin TEXT NOT NULL, received_at INTEGER NOT NULL, first_seq INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS bundles_actor_hlc ON bundles(actor, hlc);
+CREATE INDEX IF NOT EXISTS bundles_canonical ON bundles(hlc, bundle_id);
 CREATE TABLE IF NOT EXISTS ops(
     seq INTEGER PRIMARY KEY, op_id BLOB NOT NULL, bundle_id BLOB NOT NULL, pos INTEGER NOT NULL,
     hlc BLOB NOT NULL, actor BLOB NOT NULL, t TEXT NOT NULL, entity BLOB, body BLOB NOT NULL,
@@ -256,7 +259,15 @@ class SqliteStorage:
         *,
         settled: bool,
     ) -> None:
-        """Log a rejected bundle; a settled one (valid signature, bad content) advances the VC."""
+        """Log a rejected bundle; a settled one (valid signature, bad content) advances the VC.
+
+        Raw bytes of unsettled rejections are kept for diagnosis up to 1,000 rows / 64 MiB."""
+        if raw is not None:
+            for n, size in self.conn.execute(
+                    "SELECT count(*), coalesce(sum(length(raw)), 0) FROM rejected_bundles"
+                    " WHERE raw IS NOT NULL"):
+                if n >= REJECTED_MAX_ROWS or size + len(raw or b"") > REJECTED_MAX_BYTES:
+                    raw = None
         with db.transaction(self.conn):
             self.conn.execute(
                 "INSERT INTO rejected_bundles(bundle_id, actor, hlc, code, reason, settled, raw,"

@@ -1,0 +1,537 @@
+"""SyncPeer: one WebSocket link to one peer (spec 03 §5–§6), driven by the sans-I/O machines.
+
+After the handshake (`openprod.sync.handshake`) a link runs these tasks in its own nursery; a
+failure in any closes only this link, with the close code the spec gives:
+
+- reader: frames in, strictly decoded; control messages answered at once; `ops` go to a
+  one-slot inbox, so a busy writer pushes back on the sender through TCP.
+- verifier → committer: records checked in worker threads (both cores, `CapacityLimiter(2)`),
+  then admitted by the OplogWriter with the message's `prev` (gap check); `ack` after commit.
+- writer: the lanes, control before data; the data lane is bounded, a full one turns live
+  pushes into a later session from the peer's last acked clock.
+- streamer: outbound sessions, one page per short read transaction on the link's connection.
+- watchdog: ping when idle, dead link (45 s), ack progress (60 s), and the convergence check
+  once both sessions are done and the link has been quiet for 2 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import deque
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from actors import blocking
+from openprod.core import ids
+from openprod.core import vclock as vcmod
+from openprod.engine.workspace import OPLOG_FILE, IngestReport, Workspace
+from openprod.storage import db
+from openprod.sync import catchup, convergence
+from openprod.sync import messages as m
+from openprod.sync.handshake import Handshake, Role
+from openprod.sync.link import Link
+from openprod.sync.receipt import Checked, check_records
+
+if TYPE_CHECKING:
+    from actors.sync_service import SyncService
+
+log = logging.getLogger("openprod.sync")
+
+INTEGRITY = frozenset([m.REJECT_BAD_SIGNATURE, m.REJECT_BAD_DIGEST, m.REJECT_MALFORMED])
+MISBEHAVIOUR = frozenset([m.CLOSE_BAD_AUTH, m.CLOSE_PROTOCOL, m.CLOSE_INVALID_SIGNED_DATA,
+                          m.CLOSE_TOO_BIG])
+
+
+class LinkFailed(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Lanes:
+    """Outgoing messages: a control lane always served before the bounded data lane."""
+
+    def __init__(self, control: int, data: int) -> None:
+        self.control: deque[m.Message] = deque()
+        self.data: deque[m.Message] = deque()
+        self.control_cap = control
+        self.data_cap = data
+        self._ready = trio.Event()
+        self._space = trio.lowlevel.ParkingLot()
+
+    def put_control(self, msg: m.Message) -> None:
+        if len(self.control) >= self.control_cap:
+            raise LinkFailed(m.CLOSE_TOO_SLOW, "the peer does not read its control messages")
+        self.control.append(msg)
+        self._ready.set()
+
+    def data_full(self) -> bool:
+        return len(self.data) >= self.data_cap
+
+    def put_data_nowait(self, msg: m.Message) -> bool:
+        if self.data_full():
+            return False
+        self.data.append(msg)
+        self._ready.set()
+        return True
+
+    async def put_data(self, msg: m.Message) -> None:
+        while self.data_full():
+            await self._space.park()
+        self.data.append(msg)
+        self._ready.set()
+
+    async def get(self) -> m.Message:
+        while not self.control and not self.data:
+            self._ready = trio.Event()
+            await self._ready.wait()
+        if self.control:
+            return self.control.popleft()
+        msg = self.data.popleft()
+        self._space.unpark_all()
+        return msg
+
+    @property
+    def empty(self) -> bool:
+        return not self.control and not self.data
+
+
+class SyncPeer:
+    def __init__(self, svc: SyncService, conn: WebSocketConnection, role: Role, addr: str,
+                 via: str) -> None:
+        self.svc = svc
+        self.conn = conn
+        self.role: Role = role
+        self.addr = addr
+        self.via = via
+        cfg = svc.config
+        self.link = Link(max_unacked=cfg.max_unacked)
+        self.lanes = Lanes(cfg.control_lane, cfg.data_lane)
+        self.peer_actor: bytes | None = None
+        self.peer_name = ""
+        self.peer_device = ""
+        self.connected_at: float | None = None
+        self.cancel_scope = trio.CancelScope()
+        self.failure: LinkFailed | None = None
+        self.close_code = m.CLOSE_NORMAL
+        now = trio.current_time()
+        self.last_rx = self.last_tx = self.ack_clock = now
+        self._poke = trio.Event()
+        self._session_wake = trio.Event()
+        self._window = trio.lowlevel.ParkingLot()
+        self._drained = trio.lowlevel.ParkingLot()
+        self._ping_n = 0
+        self._pings: dict[int, float] = {}
+        self._skew_warned = False
+        self._state_sent: tuple[vcmod.VClock, float] | None = None
+        self._converged_vc: vcmod.VClock | None = None
+        self._progress_at = -1.0
+        self._in_remaining: int | None = None
+        self.in_applied = 0
+        self.out_remaining = 0
+        self._conn: Any = None  # the link's reader connection (sessions, snapshots)
+
+    # --- public view -------------------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> str:
+        return self.peer_actor.hex() if self.peer_actor else ""
+
+    def info(self) -> dict[str, Any]:
+        return {"peer_id": self.peer_id, "name": self.peer_name, "device": self.peer_device,
+                "addr": self.addr, "via": self.via, "state": "connected",
+                "role": self.role, "catching_up": not self.link.inbound_done,
+                "remaining": self._in_remaining or 0, "sending": self.out_remaining,
+                "idle": self.idle}
+
+    @property
+    def idle(self) -> bool:
+        return self.link.quiet and self.lanes.empty
+
+    def fail(self, code: int, reason: str) -> None:
+        """Close this link with `code` (from any task; the first failure wins)."""
+        if self.failure is None:
+            self.failure = LinkFailed(code, reason)
+        self.cancel_scope.cancel()
+
+    # --- running -----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Handshake, then serve the link until it closes; returns the close code."""
+        try:
+            with self.cancel_scope:
+                try:
+                    if not await self._handshake():
+                        return m.CLOSE_NORMAL
+                    self.svc._register(self)
+                    self._conn = db.connect(self.svc.path / OPLOG_FILE, synchronous="NORMAL")
+                    self.connected_at = trio.current_time()
+                    self.svc._publish({"type": "sync_peer_connected", "peer_id": self.peer_id,
+                                       "name": self.peer_name, "addr": self.addr,
+                                       "via": self.via})
+                    self._send_control(self.link.clock(self.svc.local_vc()))
+                    await self._serve()
+                except m.ProtocolError as exc:
+                    self.fail(exc.close_code, exc.message)
+                except LinkFailed as exc:
+                    self.fail(exc.code, exc.reason)
+                except ConnectionClosed as exc:
+                    code = exc.reason.code if exc.reason is not None else 1006
+                    self.failure = self.failure or LinkFailed(code, "closed by the peer")
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.failure = self.failure or LinkFailed(1006, "connection lost")
+        finally:
+            code = self.failure.code if self.failure else m.CLOSE_NORMAL
+            reason = self.failure.reason if self.failure else ""
+            self.close_code = code
+            # a broken socket may fail to close in any way
+            with trio.CancelScope(shield=True), trio.move_on_after(2), contextlib.suppress(
+                    Exception):
+                await self.conn.aclose(code=code, reason=reason[:120])
+            if self._conn is not None:
+                self._conn.close()
+            self.svc._unregister(self, code, reason)
+        return code
+
+    async def _handshake(self) -> bool:
+        svc = self.svc
+        hs = Handshake(self.role, svc.ident, svc.ws, svc.genesis,
+                       name=svc.ident.display_name, device=svc.ident.device_name)
+        with trio.move_on_after(svc.config.handshake_s) as cs:
+            await self._send_now(hs.start()[0])
+            while not hs.authenticated:
+                msg = m.decode(await self._frame(), before_auth=True)
+                if isinstance(msg, m.ListWorkspaces) and self.role == "acceptor" and (
+                        hs.peer_hello is None):
+                    await self._send_now(svc.directory())
+                    return False
+                try:
+                    out = hs.receive(msg)
+                except m.ProtocolError as exc:
+                    if exc.details.get("collision"):
+                        svc._publish({"type": "sync_workspace_collision", "addr": self.addr,
+                                      "peer_id": msg.actor.hex() if isinstance(msg, m.Hello)
+                                      else ""})
+                    raise
+                if hs.peer_hello is not None:
+                    self.peer_actor = hs.peer_hello.actor
+                    self.peer_name = hs.peer_hello.name
+                    self.peer_device = hs.peer_hello.device
+                for reply in out:
+                    if not isinstance(reply, m.ClockMsg):  # our clock goes after registration
+                        await self._send_now(reply)
+        if cs.cancelled_caught:
+            raise LinkFailed(m.CLOSE_TOO_SLOW, "handshake deadline passed")
+        return True
+
+    async def _frame(self) -> bytes:
+        frame = await self.conn.get_message()
+        self.last_rx = trio.current_time()
+        self._poke.set()
+        if not isinstance(frame, bytes):
+            raise m.ProtocolError(m.CLOSE_PROTOCOL, "text frames are not part of the protocol")
+        return frame
+
+    async def _send_now(self, msg: m.Message) -> None:
+        await self.conn.send_message(m.encode(msg))
+        self.last_tx = trio.current_time()
+
+    def _send_control(self, msg: m.Message) -> None:
+        self.lanes.put_control(msg)
+
+    async def _serve(self) -> None:
+        inbox_send, inbox_recv = trio.open_memory_channel[m.Ops](0)
+        commit_send, commit_recv = trio.open_memory_channel[tuple[m.Ops, list[Checked]]](0)
+        async with trio.open_nursery() as n:
+            n.start_soon(self._guard, self._reader, inbox_send)
+            n.start_soon(self._guard, self._verifier, inbox_recv, commit_send)
+            n.start_soon(self._guard, self._committer, commit_recv)
+            n.start_soon(self._guard, self._writer)
+            n.start_soon(self._guard, self._streamer)
+            n.start_soon(self._guard, self._watchdog)
+
+    async def _guard(self, fn: Any, *args: Any) -> None:
+        """Run one link task; whatever ends it closes this link only (never the node)."""
+        try:
+            await fn(*args)
+        except m.ProtocolError as exc:
+            self.fail(exc.close_code, exc.message)
+        except LinkFailed as exc:
+            self.fail(exc.code, exc.reason)
+        except ConnectionClosed as exc:
+            code = exc.reason.code if exc.reason is not None else 1006
+            self.fail(code, "closed by the peer")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
+            self.fail(1006, "connection lost")
+        except Exception as exc:  # a bug must not take the node down with one link
+            log.exception("sync link to %s failed", self.peer_id or self.addr)
+            self.fail(1011, f"internal error: {exc}")
+
+    # --- reader ------------------------------------------------------------------------------
+
+    async def _reader(self, inbox: trio.MemorySendChannel[m.Ops]) -> None:
+        async with inbox:
+            while True:
+                msg = m.decode(await self._frame(), before_auth=False,
+                               max_size=self.svc.config.max_message)
+                if isinstance(msg, m.Ops):
+                    await inbox.send(msg)
+                elif isinstance(msg, m.ClockMsg):
+                    for reply in self.link.on_clock(msg, self.svc.local_vc()):
+                        self._send_control(reply)
+                    self._wake_streamer()
+                elif isinstance(msg, m.Ack):
+                    self._on_ack(msg)
+                elif isinstance(msg, m.Ping):
+                    self._send_control(m.Pong(n=msg.n, wall_ms=self.svc.now_ms()))
+                elif isinstance(msg, m.Pong):
+                    self._on_pong(msg)
+                elif isinstance(msg, m.State):
+                    await self._on_state(msg)
+                elif isinstance(msg, m.Hello | m.Auth | m.ListWorkspaces | m.Directory):
+                    raise m.ProtocolError(m.CLOSE_PROTOCOL, f"{msg.T} after the handshake")
+                # blob messages: the blob service arrives with the blob issue; ignored here
+
+    def _on_ack(self, ack: m.Ack) -> None:
+        verdict = self.link.on_ack(ack)
+        self.ack_clock = trio.current_time()
+        self._window.unpark_all()
+        for bid, code in ack.rejected:
+            self.svc._publish({"type": "sync_rejected", "peer_id": self.peer_id,
+                               "direction": "out", "bundle_id": ids.to_text(bid),
+                               "code": code})
+        if verdict == "restart":
+            self._wake_streamer()
+        self._poke.set()
+
+    def _on_pong(self, pong: m.Pong) -> None:
+        sent = self._pings.pop(pong.n, None)
+        if sent is None:
+            return
+        rtt_ms = (trio.current_time() - sent) * 1000
+        skew = pong.wall_ms - self.svc.now_ms() + rtt_ms / 2
+        if abs(skew) > self.svc.config.skew_warn_ms and not self._skew_warned:
+            self._skew_warned = True
+            self.svc._publish({"type": "sync_clock_skew", "peer_id": self.peer_id,
+                               "skew_ms": int(skew)})
+
+    # --- receiving ops -----------------------------------------------------------------------
+
+    async def _verifier(self, inbox: trio.MemoryReceiveChannel[m.Ops],
+                        out: trio.MemorySendChannel[tuple[m.Ops, list[Checked]]]) -> None:
+        async with inbox, out:
+            async for msg in inbox:
+                await out.send((msg, await self.svc.check(msg.bundles)))
+
+    async def _committer(self, inbox: trio.MemoryReceiveChannel[tuple[m.Ops, list[Checked]]],
+                         ) -> None:
+        svc = self.svc
+        async with inbox:
+            async for msg, checked in inbox:
+                report = await svc.writer.call(partial(_admit, checked=checked, prev=msg.prev))
+                rejected = [(bid, code) for bid, code, _ in report.rejected]
+                self._send_control(Link.ack_for(msg, svc.local_vc(), len(report.applied),
+                                                len(report.dup), rejected))
+                self.link.on_ops_received(msg)
+                self.in_applied += len(report.applied)
+                if report.applied:
+                    svc._new_bundles(self)
+                if report.stale:
+                    svc._publish({"type": "stale_ops_arrived", "peer_id": self.peer_id,
+                                  "bundles": len(report.stale)})
+                bad = [(bid, code, why) for bid, code, why in report.rejected
+                       if code != m.REJECT_GAP]
+                for bid, code, why in bad:
+                    svc._publish({"type": "sync_rejected", "peer_id": self.peer_id,
+                                  "direction": "in", "code": code, "reason": why,
+                                  "bundle_id": ids.to_text(bid) if bid else None})
+                self._progress(msg)
+                await svc._after_ingest()
+                if any(code in INTEGRITY for _, code, _ in bad):
+                    svc._publish({"type": "sync_peer_misbehaving", "peer_id": self.peer_id,
+                                  "reason": "invalid signed data"})
+                    await self._flush()
+                    self.fail(m.CLOSE_INVALID_SIGNED_DATA, "invalid signed data")
+                self._poke.set()
+
+    def _progress(self, msg: m.Ops) -> None:
+        """sync_progress (≤ 4/s, `remaining` never rises within a session), sync_caught_up."""
+        if msg.live:
+            return
+        remaining = msg.remaining if msg.remaining is not None else 0
+        if msg.done:
+            remaining = 0
+        if self._in_remaining is not None:
+            remaining = min(remaining, self._in_remaining)
+        self._in_remaining = remaining
+        now = trio.current_time()
+        if msg.done or now - self._progress_at >= 0.25:
+            self._progress_at = now
+            self.svc._publish({"type": "sync_progress", "peer_id": self.peer_id,
+                               "direction": "in", "remaining": remaining,
+                               "applied": self.in_applied})
+        if msg.done:
+            self._in_remaining = None
+            self.svc._publish({"type": "sync_caught_up", "peer_id": self.peer_id,
+                               "applied": self.in_applied})
+
+    async def _flush(self) -> None:
+        """Wait (briefly) until the writer has sent everything queued, e.g. a last ack."""
+        with trio.move_on_after(2):
+            while not self.lanes.empty:
+                await self._drained.park()
+
+    # --- writer ------------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        while True:
+            msg = await self.lanes.get()
+            if isinstance(msg, m.Ops) and not self.link.unacked:
+                self.ack_clock = trio.current_time()
+            await self._send_now(msg)
+            if self.lanes.empty:
+                self._drained.unpark_all()
+
+    # --- outbound sessions and live push ---------------------------------------------------------
+
+    def _wake_streamer(self) -> None:
+        self._session_wake.set()
+
+    def push_live(self, records: list[list[Any]], prev: dict[bytes, bytes]) -> None:
+        """Our own new bundles, unless a session will carry them anyway (spec 03 §6.3)."""
+        link = self.link
+        if link.session_active or link.session_request is not None or link.deferred:
+            return
+        if self.lanes.data_full():
+            # lagging: drop the push; a session from the last acked clock catches up later
+            link.session_request = dict(link.peer_vc)
+            self._wake_streamer()
+            return
+        self.lanes.put_data_nowait(link.ops(records, prev, live=True))
+
+    async def _streamer(self) -> None:
+        svc = self.svc
+        cfg = svc.config
+        while True:
+            await self._session_wake.wait()
+            self._session_wake = trio.Event()
+            vc = self.link.take_session()
+            if vc is None:
+                continue
+            session = catchup.Session(self._conn, vc)
+            while True:
+                if self.link.session_request is not None:
+                    break  # a newer clock restarts the session
+                while not self.link.window_open:
+                    await self._window.park()
+                page = await blocking.run_sync(session.page, cfg.page_bundles, cfg.page_bytes)
+                if self.link.session_request is not None:
+                    break
+                if not page.records:
+                    if svc.writer.appended > page.head:
+                        continue  # appended while we read: one more page
+                    await self.lanes.put_data(self.link.ops([], {}, remaining=0, done=True))
+                    self.out_remaining = 0
+                    self.link.end_session()
+                    self._poke.set()
+                    break
+                self.out_remaining = page.remaining
+                await self.lanes.put_data(self.link.ops(page.records, page.prev,
+                                                        remaining=page.remaining))
+            if self.link.session_request is not None:
+                self._session_wake.set()
+
+    # --- watchdog and convergence ------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        cfg = self.svc.config
+        while True:
+            now = trio.current_time()
+            if now - self.last_rx >= cfg.dead_s:
+                raise LinkFailed(m.CLOSE_TOO_SLOW, "no frame from the peer for too long")
+            if self.link.unacked and now - self.ack_clock >= cfg.ack_timeout_s:
+                raise LinkFailed(m.CLOSE_TOO_SLOW, "the peer stopped acknowledging")
+            if now - self.last_tx >= cfg.ping_s:
+                self._ping_n += 1
+                self._pings = {self._ping_n: now}
+                self._send_control(m.Ping(n=self._ping_n, wall_ms=self.svc.now_ms()))
+                self.last_tx = now
+            deadline = min(self.last_rx + cfg.dead_s, self.last_tx + cfg.ping_s)
+            if self.link.unacked:
+                deadline = min(deadline, self.ack_clock + cfg.ack_timeout_s)
+            if self.idle:
+                quiet_at = max(self.last_rx, self.last_tx) + cfg.quiet_s
+                if now >= quiet_at:
+                    await self._maybe_send_state()
+                else:
+                    deadline = min(deadline, quiet_at)
+            self._poke = trio.Event()
+            with trio.move_on_at(max(deadline, now)):
+                await self._poke.wait()
+
+    async def _snapshot(self) -> convergence.Snapshot:
+        svc = self.svc
+        while True:
+            snap = await blocking.run_sync(convergence.snapshot, self._conn)
+            if snap is not None:
+                return snap
+            await svc.deriver.wait_applied(svc.writer.appended)
+            await trio.sleep(0)
+
+    async def _maybe_send_state(self) -> None:
+        vc = self.svc.local_vc()
+        now = trio.current_time()
+        if self._state_sent is not None:
+            sent_vc, at = self._state_sent
+            if sent_vc == vc and now - at < self.svc.config.state_every_s:
+                return
+        snap = await self._snapshot()
+        self._state_sent = (snap[0], now)
+        self._send_control(m.State(vc=snap[0], oplog_digest=snap[1], state_hash=snap[2]))
+
+    async def _on_state(self, msg: m.State) -> None:
+        if msg.vc != self.svc.local_vc():
+            return  # still syncing; a later exchange decides
+        ours = await self._snapshot()
+        verdict = convergence.compare(ours, (msg.vc, msg.oplog_digest, msg.state_hash))
+        if verdict == "converged":
+            if self._converged_vc != ours[0]:
+                self._converged_vc = ours[0]
+                self.svc._publish({"type": "sync_converged", "peer_id": self.peer_id,
+                                   "state_hash": ours[2].hex()})
+        elif verdict == "digest_mismatch" and not self.link.full_requested:
+            self.link.full_requested = True
+            self._send_control(self.link.clock(ours[0], full=True))
+        elif verdict in ("digest_mismatch", "divergent"):
+            self.svc._publish({"type": "sync_divergence", "peer_id": self.peer_id,
+                               "kind": verdict, "ours": {"oplog_digest": ours[1].hex(),
+                                                         "state_hash": ours[2].hex()},
+                               "theirs": {"oplog_digest": msg.oplog_digest.hex(),
+                                          "state_hash": msg.state_hash.hex()}})
+
+
+def _admit(ws: Workspace, *, checked: list[Checked], prev: vcmod.VClock) -> IngestReport:
+    return ws.admit(checked, prev)
+
+
+async def check_split(records: list[list[Any]], ws: bytes, check_drift: Any,
+                      limiter: trio.CapacityLimiter) -> list[Checked]:
+    """Check records in two halves at once (both cores; BLAKE3 and Ed25519 release the GIL)."""
+    if len(records) < 64:
+        return await blocking.run_sync(check_records, records, ws, check_drift, limiter=limiter)
+    half = len(records) // 2
+    parts: list[list[Checked]] = [[], []]
+
+    async def run(i: int, chunk: list[list[Any]]) -> None:
+        parts[i] = await blocking.run_sync(check_records, chunk, ws, check_drift,
+                                           limiter=limiter)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(run, 0, records[:half])
+        n.start_soon(run, 1, records[half:])
+    return parts[0] + parts[1]
