@@ -306,9 +306,13 @@ class TestNetwork:
         digests = [await p.oplog_digest() for p in peers]
         hashes = [await p.state_hash() for p in peers]
         names = [p.name for p in peers]
-        assert all(v == vcs[0] for v in vcs), f"vector clocks differ: {dict(zip(names, vcs))}"
-        assert len(set(digests)) == 1, f"oplog digests differ: {dict(zip(names, digests))}"
-        assert len(set(hashes)) == 1, f"state hashes differ: {dict(zip(names, hashes))}"
+
+        def by(xs: list[Any]) -> dict[str, Any]:
+            return dict(zip(names, xs, strict=True))
+
+        assert all(v == vcs[0] for v in vcs), f"vector clocks differ: {by(vcs)}"
+        assert len(set(digests)) == 1, f"oplog digests differ: {by(digests)}"
+        assert len(set(hashes)) == 1, f"state hashes differ: {by(hashes)}"
         return hashes[0]
 
 
