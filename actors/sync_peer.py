@@ -16,17 +16,21 @@ failure in any closes only this link, with the close code the spec gives:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
+import multiprocessing
 from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from actors import blocking
 from openprod.core import ids
+from openprod.core import ops as O
 from openprod.core import vclock as vcmod
 from openprod.engine.workspace import OPLOG_FILE, IngestReport, Workspace
 from openprod.storage import db
@@ -34,7 +38,7 @@ from openprod.sync import catchup, convergence
 from openprod.sync import messages as m
 from openprod.sync.handshake import Handshake, Role
 from openprod.sync.link import Link
-from openprod.sync.receipt import Checked, check_records
+from openprod.sync.receipt import Checked, check_records, check_records_at
 
 if TYPE_CHECKING:
     from actors.sync_service import SyncService
@@ -121,6 +125,7 @@ class SyncPeer:
         self.close_code = m.CLOSE_NORMAL
         now = trio.current_time()
         self.last_rx = self.last_tx = self.ack_clock = now
+        self._sent_seq = 0  # highest `ops` seq handed to the socket (unacked ones may be queued)
         self._poke = trio.Event()
         self._session_wake = trio.Event()
         self._window = trio.lowlevel.ParkingLot()
@@ -133,8 +138,10 @@ class SyncPeer:
         self._progress_at = -1.0
         self._in_remaining: int | None = None
         self.in_applied = 0
+        self.in_dup = 0  # bundles received that we already held (what our acks counted as dup)
         self.out_remaining = 0
         self._conn: Any = None  # the link's reader connection (sessions, snapshots)
+        self._partial: tuple[m.Ops, list[Any], int] | None = None
 
     # --- public view -------------------------------------------------------------------------
 
@@ -280,7 +287,9 @@ class SyncPeer:
                 msg = m.decode(await self._frame(), before_auth=False,
                                max_size=self.svc.config.max_message)
                 if isinstance(msg, m.Ops):
-                    await inbox.send(msg)
+                    whole = self._reassemble(msg)
+                    if whole is not None:
+                        await inbox.send(whole)
                 elif isinstance(msg, m.ClockMsg):
                     for reply in self.link.on_clock(msg, self.svc.local_vc()):
                         self._send_control(reply)
@@ -297,6 +306,38 @@ class SyncPeer:
                     raise m.ProtocolError(m.CLOSE_PROTOCOL, f"{msg.T} after the handshake")
                 # blob messages: the blob service arrives with the blob issue; ignored here
 
+    def _reassemble(self, msg: m.Ops) -> m.Ops | None:
+        """Large bundles (spec 03 §5): one bundle split over `more`/`cont` messages is buffered
+        (at most one per link, at most 64 MiB) and passed on whole; parts are acked at once."""
+        partial = self._partial
+        if partial is not None:
+            if msg.cont is None or msg.bundles:
+                raise m.ProtocolError(m.CLOSE_PROTOCOL, "expected the rest of a split bundle")
+            first, record, size = partial
+            size += sum(len(b) for b in msg.cont)
+            if size > O.MAX_BUNDLE:
+                raise m.ProtocolError(m.CLOSE_PROTOCOL, "split bundle exceeds 64 MiB")
+            record[2].extend(msg.cont)
+            if msg.more:
+                self._partial = (first, record, size)
+                self._ack_part(msg)
+                return None
+            self._partial = None
+            return attrs.evolve(first, seq=msg.seq, bundles=[record], more=False, cont=None)
+        if msg.cont is not None:
+            raise m.ProtocolError(m.CLOSE_PROTOCOL, "cont without a split bundle")
+        if msg.more:
+            if len(msg.bundles) != 1 or msg.done or msg.live:
+                raise m.ProtocolError(m.CLOSE_PROTOCOL, "a split message carries one bundle")
+            rec = msg.bundles[0]
+            self._partial = (msg, [rec[0], rec[1], list(rec[2])], catchup.record_size(rec))
+            self._ack_part(msg)
+            return None
+        return msg
+
+    def _ack_part(self, msg: m.Ops) -> None:
+        self._send_control(m.Ack(seq=msg.seq, vc=self.svc.local_vc(), applied=0, dup=0))
+
     def _on_ack(self, ack: m.Ack) -> None:
         verdict = self.link.on_ack(ack)
         self.ack_clock = trio.current_time()
@@ -308,6 +349,7 @@ class SyncPeer:
         if verdict == "restart":
             self._wake_streamer()
         self._poke.set()
+        self.svc.changed.unpark_all()  # idleness may have changed (status waiters re-check)
 
     def _on_pong(self, pong: m.Pong) -> None:
         sent = self._pings.pop(pong.n, None)
@@ -333,12 +375,14 @@ class SyncPeer:
         svc = self.svc
         async with inbox:
             async for msg, checked in inbox:
-                report = await svc.writer.call(partial(_admit, checked=checked, prev=msg.prev))
+                report = await svc.writer.call(partial(_admit, checked=checked, prev=msg.prev),
+                                               derived=False)
                 rejected = [(bid, code) for bid, code, _ in report.rejected]
                 self._send_control(Link.ack_for(msg, svc.local_vc(), len(report.applied),
                                                 len(report.dup), rejected))
                 self.link.on_ops_received(msg)
                 self.in_applied += len(report.applied)
+                self.in_dup += len(report.dup)
                 if report.applied:
                     svc._new_bundles(self)
                 if report.stale:
@@ -358,6 +402,7 @@ class SyncPeer:
                     await self._flush()
                     self.fail(m.CLOSE_INVALID_SIGNED_DATA, "invalid signed data")
                 self._poke.set()
+                svc.changed.unpark_all()
 
     def _progress(self, msg: m.Ops) -> None:
         """sync_progress (≤ 4/s, `remaining` never rises within a session), sync_caught_up."""
@@ -391,11 +436,16 @@ class SyncPeer:
     async def _writer(self) -> None:
         while True:
             msg = await self.lanes.get()
-            if isinstance(msg, m.Ops) and not self.link.unacked:
-                self.ack_clock = trio.current_time()
+            if isinstance(msg, m.Ops):
+                # `link.ops` counts a message unacked when it is queued, so the ack-progress
+                # timer starts here, when the first one the peer can answer goes out
+                if not self._awaiting_ack:
+                    self.ack_clock = trio.current_time()
+                self._sent_seq = msg.seq
             await self._send_now(msg)
             if self.lanes.empty:
                 self._drained.unpark_all()
+                self.svc.changed.unpark_all()  # the link may have turned idle
 
     # --- outbound sessions and live push ---------------------------------------------------------
 
@@ -429,7 +479,8 @@ class SyncPeer:
                     break  # a newer clock restarts the session
                 while not self.link.window_open:
                     await self._window.park()
-                page = await blocking.run_sync(session.page, cfg.page_bundles, cfg.page_bytes)
+                page = await blocking.run_sync(session.page, cfg.page_bundles, cfg.page_bytes,
+                                               cfg.alone_bytes)
                 if self.link.session_request is not None:
                     break
                 if not page.records:
@@ -439,14 +490,39 @@ class SyncPeer:
                     self.out_remaining = 0
                     self.link.end_session()
                     self._poke.set()
+                    svc.changed.unpark_all()
                     break
                 self.out_remaining = page.remaining
+                if len(page.records) == 1 and catchup.record_size(
+                        page.records[0]) > cfg.alone_bytes:
+                    await self._send_split(page)
+                    continue
                 await self.lanes.put_data(self.link.ops(page.records, page.prev,
                                                         remaining=page.remaining))
             if self.link.session_request is not None:
                 self._session_wake.set()
 
+    async def _send_split(self, page: catchup.Page) -> None:
+        """One big bundle over consecutive messages: first `more`, then `cont` parts."""
+        header, sig, _ = page.records[0]
+        parts = catchup.split_record(page.records[0], self.svc.config.part_bytes)
+        for i, bodies in enumerate(parts):
+            while not self.link.window_open:
+                await self._window.park()
+            more = i < len(parts) - 1
+            if i == 0:
+                msg = self.link.ops([[header, sig, bodies]], page.prev,
+                                    remaining=page.remaining, more=more)
+            else:
+                msg = self.link.ops([], {}, remaining=page.remaining, more=more, cont=bodies)
+            await self.lanes.put_data(msg)
+
     # --- watchdog and convergence ------------------------------------------------------------
+
+    @property
+    def _awaiting_ack(self) -> bool:
+        """An `ops` message we sent (not merely queued) still lacks its ack."""
+        return any(seq <= self._sent_seq for seq in self.link.unacked)
 
     async def _watchdog(self) -> None:
         cfg = self.svc.config
@@ -454,7 +530,7 @@ class SyncPeer:
             now = trio.current_time()
             if now - self.last_rx >= cfg.dead_s:
                 raise LinkFailed(m.CLOSE_TOO_SLOW, "no frame from the peer for too long")
-            if self.link.unacked and now - self.ack_clock >= cfg.ack_timeout_s:
+            if self._awaiting_ack and now - self.ack_clock >= cfg.ack_timeout_s:
                 raise LinkFailed(m.CLOSE_TOO_SLOW, "the peer stopped acknowledging")
             if now - self.last_tx >= cfg.ping_s:
                 self._ping_n += 1
@@ -462,7 +538,7 @@ class SyncPeer:
                 self._send_control(m.Ping(n=self._ping_n, wall_ms=self.svc.now_ms()))
                 self.last_tx = now
             deadline = min(self.last_rx + cfg.dead_s, self.last_tx + cfg.ping_s)
-            if self.link.unacked:
+            if self._awaiting_ack:
                 deadline = min(deadline, self.ack_clock + cfg.ack_timeout_s)
             if self.idle:
                 quiet_at = max(self.last_rx, self.last_tx) + cfg.quiet_s
@@ -520,18 +596,46 @@ def _admit(ws: Workspace, *, checked: list[Checked], prev: vcmod.VClock) -> Inge
 
 
 async def check_split(records: list[list[Any]], ws: bytes, check_drift: Any,
-                      limiter: trio.CapacityLimiter) -> list[Checked]:
-    """Check records in two halves at once (both cores; BLAKE3 and Ed25519 release the GIL)."""
-    if len(records) < 64:
+                      limiter: trio.CapacityLimiter, pool: VerifyPool | None = None,
+                      now_ms: int = 0, max_drift_ms: int = 0) -> list[Checked]:
+    """Check records in two halves at once, in worker processes when a pool is given (the
+    checks are mostly Python: threads would share one core), else in threads."""
+    if len(records) < 64 or blocking.INLINE.get():
         return await blocking.run_sync(check_records, records, ws, check_drift, limiter=limiter)
     half = len(records) // 2
     parts: list[list[Checked]] = [[], []]
 
     async def run(i: int, chunk: list[list[Any]]) -> None:
-        parts[i] = await blocking.run_sync(check_records, chunk, ws, check_drift,
-                                           limiter=limiter)
+        if pool is not None:
+            parts[i] = await pool.check(chunk, ws, now_ms, max_drift_ms, limiter)
+        else:
+            parts[i] = await blocking.run_sync(check_records, chunk, ws, check_drift,
+                                               limiter=limiter)
 
     async with trio.open_nursery() as n:
         n.start_soon(run, 0, records[:half])
         n.start_soon(run, 1, records[half:])
     return parts[0] + parts[1]
+
+
+class VerifyPool:
+    """Two worker processes for bundle checks (spec 03 §6.4: verification over both cores),
+    started on first use and shut down with the SyncService."""
+
+    def __init__(self, workers: int = 2) -> None:
+        self.workers = workers
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    async def check(self, records: list[list[Any]], ws: bytes, now_ms: int,
+                    max_drift_ms: int, limiter: trio.CapacityLimiter) -> list[Checked]:
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"))
+        fut = self._pool.submit(check_records_at, records, ws, now_ms, max_drift_ms)
+        result: list[Checked] = await trio.to_thread.run_sync(fut.result, limiter=limiter)
+        return result
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

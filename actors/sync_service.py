@@ -27,7 +27,7 @@ from trio_websocket import WebSocketConnection, WebSocketRequest
 
 from actors import blocking
 from actors.follower import Follower
-from actors.sync_peer import MISBEHAVIOUR, SyncPeer, check_split
+from actors.sync_peer import MISBEHAVIOUR, SyncPeer, VerifyPool, check_split
 from openprod.core import ids
 from openprod.core import vclock as vcmod
 from openprod.engine.workspace import OPLOG_FILE
@@ -52,6 +52,8 @@ class SyncConfig:
     max_message: int = m.MAX_MESSAGE_SIZE
     page_bundles: int = catchup.PAGE_BUNDLES
     page_bytes: int = catchup.PAGE_BYTES
+    alone_bytes: int = catchup.ALONE_BYTES  # bundles over this are split over messages
+    part_bytes: int = catchup.ALONE_BYTES  # op bodies per split part
     max_unacked: int = 4
     control_lane: int = 64
     data_lane: int = 8
@@ -71,6 +73,7 @@ class SyncConfig:
     penalty_min_s: float = 60.0
     penalty_max_s: float = 1800.0
     late_dial_s: float = 15.0
+    verify_processes: bool = False  # check big ops messages in two worker processes
 
 
 class Backoff:
@@ -120,6 +123,7 @@ class SyncService:
         self.links: dict[bytes, SyncPeer] = {}
         self.pending: set[SyncPeer] = set()  # handshaking
         self.verify_limiter = trio.CapacityLimiter(2)
+        self.verify_pool = VerifyPool(2)
         self.rng = random.Random()
         self.manual_peers: list[str] = list(manual_peers or [])
         self._save_peers = save_peers
@@ -144,8 +148,10 @@ class SyncService:
         return self.session.ws.storage.vclock()
 
     async def check(self, records: list[list[Any]]) -> list[Checked]:
-        return await check_split(records, self.ws, self.session.ws.clock.check_drift,
-                                 self.verify_limiter)
+        clock = self.session.ws.clock
+        return await check_split(records, self.ws, clock.check_drift, self.verify_limiter,
+                                 self.verify_pool if self.config.verify_processes else None,
+                                 clock.now(), clock.max_drift_ms)
 
     def _publish(self, event: dict[str, Any]) -> None:
         self.hub.publish(event)
@@ -362,7 +368,9 @@ class SyncService:
                        "addresses": addresses, "port": port})
         if not addresses:
             return
-        delay = 0.0 if self.actor < actor else self.config.late_dial_s
+        # A joining replica does not advertise (spec 03 §2), so the peer cannot dial it: it
+        # dials at once whatever the actor order.
+        delay = 0.0 if self.actor < actor or self.genesis is None else self.config.late_dial_s
         self._start_dialer(f"mdns:{actor.hex()}", addresses[0], port, "mdns", delay, actor)
 
     def on_lost(self, actor: bytes) -> None:
@@ -376,6 +384,12 @@ class SyncService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                   ) -> None:
+        try:
+            await self._run(task_status)
+        finally:
+            self.verify_pool.close()
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as n:
             self._nursery = n
             n.start_soon(self._fanout)
@@ -423,6 +437,7 @@ class SyncService:
             for peer in list(self.links.values()):
                 if any(s is not peer for s in sources):
                     self._clock_to(peer, vc)
+            self.changed.unpark_all()  # idle() may hold now
 
     async def _anti_entropy(self) -> None:
         while True:

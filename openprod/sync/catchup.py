@@ -20,6 +20,7 @@ from openprod.core import hlc as hlcmod
 
 PAGE_BUNDLES = 1000
 PAGE_BYTES = 1 << 20
+ALONE_BYTES = 8 << 20  # a bundle over this is sent alone, split over several messages
 HEAD_SQL = "SELECT v FROM oplog_meta WHERE k = 'head_seq'"
 INDEX_SQL = "CREATE INDEX IF NOT EXISTS bundles_canonical ON bundles(hlc, bundle_id)"
 
@@ -79,8 +80,12 @@ class Session:
         self.cursor = (low, b"\xff" * 16)
         self.started = True
 
-    def page(self, max_bundles: int = PAGE_BUNDLES, max_bytes: int = PAGE_BYTES) -> Page:
-        """The next page (empty records = the session is done), read in one snapshot."""
+    def page(self, max_bundles: int = PAGE_BUNDLES, max_bytes: int = PAGE_BYTES,
+             alone_bytes: int = ALONE_BYTES) -> Page:
+        """The next page (empty records = the session is done), read in one snapshot.
+
+        A bundle over `alone_bytes` comes in a page of its own (the runtime splits it over
+        several `ops` messages, spec 03 §5 Large bundles)."""
         conn = self.conn
         conn.execute("BEGIN")
         try:
@@ -92,7 +97,8 @@ class Session:
             last: dict[bytes, bytes] = {}
             size = 0
             hlc0, bid0 = self.cursor
-            while len(records) < max_bundles and size < max_bytes:
+            full = False
+            while not full:
                 rows = list(conn.execute(
                     "SELECT bundle_id, actor, hlc, header, sig, first_seq, n FROM bundles"
                     " WHERE hlc > ? OR (hlc = ? AND bundle_id > ?) ORDER BY hlc, bundle_id"
@@ -101,16 +107,22 @@ class Session:
                     break
                 for bid, actor, h, header, sig, first_seq, n in rows:
                     bid, actor, h = bytes(bid), bytes(actor), bytes(h)
-                    hlc0, bid0 = h, bid
                     if h <= self.peer_vc.get(actor, hlcmod.ZERO):
+                        hlc0, bid0 = h, bid
                         continue
+                    bodies = _bodies(conn, first_seq, n)
+                    rsize = len(header) + len(sig) + sum(len(b) for b in bodies)
+                    if rsize > alone_bytes and records:
+                        full = True  # a big one goes alone, in the next page
+                        break
+                    hlc0, bid0 = h, bid
                     if actor not in prev:
                         prev[actor] = self.sent_last.get(actor) or prev_of(conn, actor, h)
-                    bodies = _bodies(conn, first_seq, n)
                     records.append([bytes(header), bytes(sig), bodies])
-                    size += len(header) + len(sig) + sum(len(b) for b in bodies)
+                    size += rsize
                     last[actor] = h
                     if len(records) >= max_bundles or size >= max_bytes:
+                        full = True
                         break
             self.cursor = (hlc0, bid0)
             self.sent_last.update(last)
@@ -119,6 +131,23 @@ class Session:
             return Page(records, prev, self.remaining if records else 0, _head(conn), last)
         finally:
             conn.execute("COMMIT")
+
+
+def record_size(record: list[Any]) -> int:
+    return len(record[0]) + len(record[1]) + sum(len(b) for b in record[2])
+
+
+def split_record(record: list[Any], part_bytes: int) -> list[list[bytes]]:
+    """A big record's bodies in consecutive groups of about `part_bytes` (op boundaries)."""
+    parts: list[list[bytes]] = [[]]
+    size = 0
+    for body in record[2]:
+        if parts[-1] and size + len(body) > part_bytes:
+            parts.append([])
+            size = 0
+        parts[-1].append(body)
+        size += len(body)
+    return parts
 
 
 def own_after(conn: apsw.Connection, actor: bytes, seq: int,

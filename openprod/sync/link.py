@@ -76,12 +76,13 @@ class Link:
         return len(self.unacked) < self.max_unacked
 
     def ops(self, records: list[list[Any]], prev: Mapping[bytes, bytes], *,
-            remaining: int | None = None, done: bool = False, live: bool = False) -> m.Ops:
+            remaining: int | None = None, done: bool = False, live: bool = False,
+            more: bool = False, cont: list[bytes] | None = None) -> m.Ops:
         seq = self.next_seq
         self.next_seq += 1
         self.unacked[seq] = len(records)
         return m.Ops(seq=seq, prev=dict(prev), bundles=records, done=done, live=live,
-                     remaining=remaining)
+                     remaining=remaining, more=more, cont=cont)
 
     def on_ack(self, ack: m.Ack) -> AckVerdict:
         if ack.seq not in self.unacked:

@@ -78,3 +78,10 @@ def check_one(record: Any, ws: bytes, check_drift: Callable[[bytes], None]) -> C
 def check_records(records: Sequence[Any], ws: bytes,
                   check_drift: Callable[[bytes], None]) -> list[Checked]:
     return [check_one(r, ws, check_drift) for r in records]
+
+
+def check_records_at(records: Sequence[Any], ws: bytes, now_ms: int,
+                     max_drift_ms: int = hlcmod.MAX_DRIFT_MS) -> list[Checked]:
+    """`check_records` with the drift limit as plain numbers (picklable: worker processes)."""
+    clock = hlcmod.Clock(lambda: now_ms, max_drift_ms=max_drift_ms)
+    return check_records(records, ws, clock.check_drift)
