@@ -25,7 +25,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from actors import blocking
-from actors.node import Node
+from actors.node import Node, lan_addresses
 from actors.overlay_manager import drift_event
 from openprod.core import codec, ids
 from openprod.core.errors import NotFound, OpenprodError, ValidationError
@@ -276,6 +276,146 @@ async def workspace_state(node: Node, body: Any) -> dict[str, Any]:
         meta = dict(conn.execute("SELECT k, v FROM oplog_meta"))
         return digest_of(int(meta["count"]), int.from_bytes(bytes(meta["digest_sum"]), "big"))
     return dict(await node.current.deriver.state(digest))
+
+
+# --- sync (spec 03 §4, §8; spec 05 J3, J15) --------------------------------------------------
+
+_BAD_HOST_CHARS = set("/\\?#@[]: \t\r\n")
+
+
+def _host_port(body: dict[str, Any], *, required: bool = True) -> tuple[str, int] | None:
+    """A peer address `{host, port}`: a bare host name or IPv4 address and a TCP port."""
+    host = body.get("host")
+    port = body.get("port")
+    if host is None and port is None and not required:
+        return None
+    if not isinstance(host, str) or not host.strip() or len(host.strip()) > 253:
+        raise ValidationError("host must be a host name or IPv4 address of 1-253 characters",
+                              field="host")
+    host = host.strip()
+    if "://" in host or _BAD_HOST_CHARS & set(host):
+        raise ValidationError(f"host {host!r} must be a bare name or address (no scheme, port "
+                              "or path: give the port separately)", field="host")
+    if isinstance(port, str) and port.isdigit():
+        port = int(port)  # from a DELETE query string
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise ValidationError("port must be an integer 1-65535", field="port")
+    return host, port
+
+
+def _manual_peers(node: Node) -> list[dict[str, Any]]:
+    sync = node.current.sync
+    out = []
+    for key in sync.manual_peers:
+        host, _, port = key.rpartition(":")
+        d = sync.dialers.get(key) or {}
+        peer = d.get("peer")
+        linked = next((p for p in sync.links.values() if p.addr == key), None)
+        out.append({"address": key, "host": host, "port": int(port) if port.isdigit() else None,
+                    "state": "connected" if linked is not None else d.get("state", "stopped"),
+                    "peer_id": linked.peer_id if linked is not None else (
+                        getattr(peer, "peer_id", None)),
+                    "last_code": d.get("last_code"), "retry_at_ms": d.get("retry_at_ms")})
+    return out
+
+
+def _sync_status(node: Node) -> dict[str, Any]:
+    status = dict(node.current.sync.status())
+    # a manual dialer whose dial is the live link shows as that link, not as a second peer
+    linked = {p["addr"] for p in status["peers"] if p.get("state") == "connected"}
+    status["peers"] = [p for p in status["peers"]
+                       if p.get("state") == "connected" or p.get("addr") not in linked]
+    net = node.net
+    status.update({
+        "listening": net is not None and status.get("port") is not None,
+        "host": net.sync_host if net is not None else None,
+        # where peers can reach our sync port: every LAN address, or the one we listen on
+        "addresses": (lan_addresses() if net is None or net.sync_host in ("0.0.0.0", "")
+                      else [net.sync_host]),
+        "discovery": net is not None and net.discovery and node.discovery_error is None,
+        "discovery_error": node.discovery_error,
+        "manual_peers": _manual_peers(node),
+    })
+    return status
+
+
+@api("/sync/status", "GET", "LAN sync status: port, links, catch-up progress, manual peers")
+async def sync_status(node: Node, body: Any) -> dict[str, Any]:
+    return _sync_status(node)
+
+
+@api("/sync/peers", "GET", "Sync peers: connected links, dialers, last seen, manual peers")
+async def sync_peers(node: Node, body: Any) -> dict[str, Any]:
+    st = _sync_status(node)
+    return {"peers": st["peers"], "manual_peers": st["manual_peers"],
+            "last_seen": st["last_seen"], "discovered": st["discovered"]}
+
+
+@api("/sync/peers", "POST", "Add a manual peer (its sync port); saved and redialed until removed",
+     body=obj(["host", "port"], host=STR, port=INT))
+async def add_sync_peer(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    hp = _host_port(body)
+    assert hp is not None
+    key = node.current.sync.add_manual_peer(*hp)
+    return {"peer": key, "seq": node.current.writer.appended,
+            "manual_peers": _manual_peers(node)}
+
+
+@api("/sync/peers", "DELETE", "Forget a manual peer ({host, port} as a JSON body or query)",
+     query=("host", "port"))
+async def remove_sync_peer(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    hp = _host_port({**request.args.to_dict(), **body})
+    assert hp is not None
+    if not node.current.sync.remove_manual_peer(*hp):
+        raise NotFound(f"{hp[0]}:{hp[1]} is not a manual peer of this workspace",
+                       peer=f"{hp[0]}:{hp[1]}")
+    return {"peer": f"{hp[0]}:{hp[1]}", "seq": node.current.writer.appended,
+            "manual_peers": _manual_peers(node)}
+
+
+@api("/sync/rejected", "GET", "Bundles refused by sync (newest first; no raw bytes)")
+async def sync_rejected(node: Node, body: Any) -> dict[str, Any]:
+    def rows(ws: Workspace) -> list[dict[str, Any]]:
+        cur = ws.storage.conn.execute(
+            "SELECT bundle_id, actor, code, reason, settled, received_at FROM rejected_bundles"
+            " ORDER BY received_at DESC, rowid DESC LIMIT 1000")
+        return [{"bundle_id": ids.to_text(bytes(b)) if b is not None and len(b) == 16
+                 else (bytes(b).hex() if b is not None else None),
+                 "actor": bytes(a).hex() if a is not None else None, "code": code,
+                 "reason": reason, "settled": bool(settled), "received_at": at}
+                for b, a, code, reason, settled, at in cur]
+    return {"rejected": await node.current.writer.call(rows)}
+
+
+@api("/workspace/discover", "GET", "Workspaces advertised on the LAN (mDNS): name, gh, peers")
+async def discover_workspaces(node: Node, body: Any) -> dict[str, Any]:
+    net = node.net
+    ours = node.session.ws_id if node.session else None
+    return {"discovery": net is not None and net.discovery and node.discovery_error is None,
+            "workspaces": [{**w, "here": w["ws"] == ours or w["ws"] in {
+                x["id"] for x in node.home.list_workspaces()}}
+                for w in node.discovered_workspaces()]}
+
+
+@api("/workspace/join", "POST", "Join a workspace by id (from discovery, or at host:port) and "
+     "open it; it turns active when its genesis arrives (workspace_joined)",
+     body=obj(["id"], id=ID, name=STR, host=STR, port=INT))
+async def join_workspace(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    ws_id = ids.to_text(_id(_field(body, "id", str)))
+    name = _field(body, "name", str, required=False)
+    hp = _host_port(body, required=False)
+    seen = [w for w in node.discovered_workspaces() if w["ws"] == ws_id]
+    if name is None and seen:
+        name = seen[0]["name"]
+    if len(seen) == 1:
+        node.expected_gh[ws_id] = seen[0]["gh"]  # several: a collision, the handshake decides
+    ws = await blocking.run_sync(node.home.join_workspace, node.ident, ws_id, name or "")
+    ws.close()
+    await node.open_workspace(ws_id)
+    if hp is not None:
+        node.current.sync.add_manual_peer(*hp)
+    return {"workspace_id": ws_id, "state": "joining", "seq": node.current.writer.appended,
+            "manual_peers": _manual_peers(node)}
 
 
 @api("/tables/create", "POST", "Create a table with typed fields",
@@ -701,7 +841,11 @@ def openapi() -> dict[str, Any]:
                         "tables_changed {seq}, resync, workspace_opened, conflict_opened / "
                         "conflict_updated / conflict_resolved / resolution_rejected "
                         "{conflict_id, entity_id, field, reopened?, seq}, overlay_drift "
-                        "{overlay_id, fields}, overlays_changed {active, seq}; "
+                        "{overlay_id, fields}, overlays_changed {active, seq}, sync and "
+                        "workspace events of spec 03 §8 (peer_discovered, peer_lost, "
+                        "sync_peer_connected, sync_peer_disconnected, sync_progress, "
+                        "sync_caught_up, sync_converged, sync_divergence, sync_rejected, "
+                        "workspace_joined, …); "
                         "?since=<event_id> replays what a reconnecting client missed"},
     }
 
@@ -838,7 +982,7 @@ def _not_json(name: str) -> Any:
 def _wrap(node: Node, r: Route) -> Callable[..., Awaitable[Response]]:
     async def view(**params: Any) -> Response:
         body: Any = None
-        if r.method == "POST":
+        if r.method in ("POST", "DELETE"):
             raw = await request.get_data()
             try:
                 body = json.loads(raw or b"{}", parse_constant=_not_json)

@@ -131,13 +131,16 @@ class ZeroconfDiscovery:
     """Advertise one (device, workspace) and report every other openprod instance on the LAN."""
 
     def __init__(self, *, ws: bytes, actor: bytes, port: int, wsname: str, join: str, gh: str,
-                 interfaces: list[str] | None = None) -> None:
+                 interfaces: list[str] | None = None, advertise: bool = True) -> None:
         self.ws = ws
         self.actor = actor
         self.port = port
         self.interfaces = interfaces
+        # Browse only: a joining replica has no genesis (so no `gh`) and must not advertise
+        # until it is active (spec 03 §2 Join flow).
+        self.advertise = advertise
         # Validates the inputs now rather than inside the zeroconf thread.
-        self.properties = disc.txt_properties(ws, actor, wsname, join, gh)
+        self.properties = disc.txt_properties(ws, actor, wsname, join, gh) if advertise else {}
         # The name we ended up registered under (allow_name_change may append "-2").
         self.registered_name: str | None = None
         self._tracker = _Tracker(actor)
@@ -192,10 +195,11 @@ class ZeroconfDiscovery:
             browser: ServiceBrowser | None = None
             try:
                 async with inbox_recv:
-                    # Probes for name conflicts first (1–2 s); info.name follows a rename.
-                    await blocking.run_sync(_register, zc, info)
-                    registered = True
-                    self.registered_name = info.name
+                    if self.advertise:
+                        # Probes for name conflicts first (1–2 s); info.name follows a rename.
+                        await blocking.run_sync(_register, zc, info)
+                        registered = True
+                        self.registered_name = info.name
                     browser = await blocking.run_sync(_browse, zc, on_change)
                     task_status.started()
                     async for name, change in inbox_recv:

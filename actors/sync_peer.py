@@ -528,11 +528,13 @@ class SyncPeer:
         cfg = self.svc.config
         while True:
             now = trio.current_time()
-            if now - self.last_rx >= cfg.dead_s:
+            # compare with the same sums the wait below sleeps until: `now - t >= d` can be
+            # False at `now == t + d` (float rounding), and the loop would spin without sleeping
+            if now >= self.last_rx + cfg.dead_s:
                 raise LinkFailed(m.CLOSE_TOO_SLOW, "no frame from the peer for too long")
-            if self._awaiting_ack and now - self.ack_clock >= cfg.ack_timeout_s:
+            if self._awaiting_ack and now >= self.ack_clock + cfg.ack_timeout_s:
                 raise LinkFailed(m.CLOSE_TOO_SLOW, "the peer stopped acknowledging")
-            if now - self.last_tx >= cfg.ping_s:
+            if now >= self.last_tx + cfg.ping_s:
                 self._ping_n += 1
                 self._pings = {self._ping_n: now}
                 self._send_control(m.Ping(n=self._ping_n, wall_ms=self.svc.now_ms()))

@@ -41,11 +41,11 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actors.events import EventHub  # noqa: E402
-from actors.node import Session  # noqa: E402
-from openprod.core import vclock as vcmod  # noqa: E402
-from openprod.core.identity import Identity  # noqa: E402
-from openprod.engine.workspace import Workspace  # noqa: E402
+from actors.events import EventHub
+from actors.node import Session
+from openprod.core import vclock as vcmod
+from openprod.core.identity import Identity
+from openprod.engine.workspace import Workspace
 
 TABLE = "Items"
 FIELDS = [{"label": n, "type": t} for n, t in [

@@ -17,6 +17,17 @@ settings.register_profile(
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run the long randomized runs (e.g. more sync schedules)")
+
+
+@pytest.fixture
+def runslow(request: pytest.FixtureRequest) -> bool:
+    """Whether `--runslow` was given (tests scale their randomized runs up with it)."""
+    return bool(request.config.getoption("--runslow"))
+
+
 @pytest.fixture
 def net(tmp_path: Path) -> Net:
     n = Net(tmp_path)

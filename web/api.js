@@ -56,3 +56,4 @@ export async function call(method, path, { body, query } = {}) {
 
 export const get = (path, query) => call("GET", path, { query });
 export const post = (path, body) => call("POST", path, { body });
+export const del = (path, body) => call("DELETE", path, { body });

@@ -11,6 +11,7 @@ import { hydrateIcons, icon } from "./icons.js";
 import { shortId } from "./format.js";
 import { Conflicts } from "./conflicts.js";
 import { Staging } from "./staging.js";
+import { Sync } from "./sync.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -114,6 +115,14 @@ const ctx = {
 };
 const conflicts = new Conflicts(ctx);
 const staging = new Staging(ctx);
+const sync = new Sync({
+  reportError,
+  workspace: () => state.ws,
+  reload: () => {
+    state.tableId = null;
+    reloadAll().catch((e) => reportError(e, "Couldn't load the workspace"));
+  },
+});
 
 // --- the grid and its controller ----------------------------------------------------------
 
@@ -292,7 +301,8 @@ async function reloadAll() {
   if (state.tableId) await refreshRecords();
   // (each is also refreshed by its own events; a failure here must not stop the grid loading)
   await Promise.all([conflicts.refresh().catch((e) => reportError(e, "Couldn't load conflicts")),
-    staging.refresh().catch((e) => reportError(e, "Couldn't load overlays"))]);
+    staging.refresh().catch((e) => reportError(e, "Couldn't load overlays")),
+    sync.refresh().catch((e) => reportError(e, "Couldn't load the sync status"))]);
 }
 
 function renderTableList() {
@@ -479,6 +489,7 @@ function onEvent(ev) {
       reloadAll().catch((e) => reportError(e, "Couldn't load the workspace"));
       break;
     default:
+      sync.onEvent(ev); // sync_* , peer_* and workspace_joined (J3, J15)
       break;
   }
 }

@@ -31,6 +31,12 @@ class ValidationError(OpenprodError):
     code = "invalid"
 
 
+class Forbidden(OpenprodError):
+    """The caller may not do this (e.g. only the workspace owner may)."""
+
+    code = "forbidden"
+
+
 class NotFound(OpenprodError):
     code = "not_found"
 

@@ -23,7 +23,7 @@ from openprod.engine.projection import Corrupt, ProjectionBase, Replay, seen
 from openprod.engine.rowcache import Rows
 from openprod.storage import db
 
-PROJECTION_VERSION = 1
+PROJECTION_VERSION = 2
 ZERO_STAMP = bytes(28)
 ENTITY_KEY = "$entity"
 FLUSH_EVERY = 20_000
@@ -83,6 +83,9 @@ CREATE TABLE IF NOT EXISTS config(
     ns TEXT, key TEXT, value BLOB, stamp BLOB NOT NULL, PRIMARY KEY(ns, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS inert_ops(op_id BLOB NOT NULL, seq INTEGER, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS lifecycle_ops(
+    stamp BLOB PRIMARY KEY, actor BLOB NOT NULL, t TEXT NOT NULL, p BLOB NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS derive_meta(k TEXT PRIMARY KEY, v);
 """
 
@@ -97,8 +100,11 @@ SECONDARY_INDEX_NAMES = ("facets_by_facet", "fields_slot_value", "edges_src", "e
 DERIVED_TABLES = (
     "entities", "facets", "fields", "crdt_docs", "tips", "edges", "edge_props",
     "schema_tables", "schema_fields", "schema_edge_types", "field_slots", "mappings",
-    "redirects", "merge_exceptions", "config", "inert_ops",
+    "redirects", "merge_exceptions", "config", "inert_ops", "lifecycle_ops",
 )
+# ops whose effect depends on who the owner is at their canonical position: kept as a set and
+# interpreted in canonical order on read (openprod.engine.lifecycle), whatever the arrival order
+LIFECYCLE_NS = frozenset(["workspace", "access_key", "admit"])
 
 # Tip entries: [op_id, actor, hlc, bundle_id, value, fkey]; value = canonical value bytes,
 # None for a tombstone, or "c"/"d"/"r" for existence writes. For fields and edge properties a
@@ -707,7 +713,14 @@ class StateProjection(ProjectionBase):
                 (ordered, ostamp, p["type"]),
             )
 
+    def _lifecycle(self, op: _Op) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO lifecycle_ops(stamp, actor, t, p) VALUES (?,?,?,?)",
+            (op.stamp, op.actor, op.t, codec.encode_trusted(op.p)))
+
     def _config(self, op: _Op) -> None:
+        if op.p["ns"] in LIFECYCLE_NS:
+            self._lifecycle(op)
         key = (op.p["ns"], op.p["key"])
         value = codec.encode_trusted(op.p["value"]) if op.t == "PutConfig" else None
         row = self.config.get(key)
@@ -715,6 +728,7 @@ class StateProjection(ProjectionBase):
             self.config.put(key, (value, op.stamp))
 
     def _create_workspace(self, op: _Op) -> None:
+        self._lifecycle(op)
         for k in ("name", "owner", "recovery_pub"):
             key = ("workspace", k)
             row = self.config.get(key)
@@ -722,9 +736,9 @@ class StateProjection(ProjectionBase):
                 self.config.put(key, (codec.encode_trusted(op.p[k]), op.stamp))
 
     def _recover_ownership(self, op: _Op) -> None:
-        # Checking recovery_sig against the key current at this canonical position belongs to
-        # the workspace lifecycle (spec 03 §2); until it lands the op is kept but changes nothing.
-        self._inert_op(op, "ownership recovery is derived by the workspace lifecycle")
+        # Valid only against the recovery key current at its canonical position (spec 03 §2):
+        # decided on read by openprod.engine.lifecycle over the whole set, in canonical order.
+        self._lifecycle(op)
 
     # --- structural: mappings, merge, split --------------------------------------------------
     def _structural_begin(self) -> None:

@@ -23,11 +23,13 @@ from openprod.core.errors import (
     EntityDeleted,
     EntityMerged,
     EquivocationError,
+    Forbidden,
     NotFound,
     ValidationError,
 )
 from openprod.core.identity import Identity
 from openprod.engine import crdt, fracindex
+from openprod.engine import lifecycle as lcmod
 from openprod.engine import overlays as ovmod
 from openprod.engine import undo as undomod
 from openprod.engine.conflicts import (
@@ -109,6 +111,7 @@ class Workspace:
         ws = self.storage.local_get("workspace")
         self.ws: bytes = bytes(ws) if ws is not None else b""
         self.undo_stack = undomod.UndoStack()
+        self.recovery_secret: bytes | None = None  # set by create(), for showing once
         self._rand = random.Random()
         self._derive()
         # Overlays (spec 02 §2): local-only, all load stashed; committed ones are forgotten.
@@ -129,8 +132,12 @@ class Workspace:
     def create(
         cls, path: Path | str, ident: Identity, name: str = "Workspace", *,
         now: Callable[[], int] = hlcmod.system_ms, ws: bytes | None = None,
+        recovery_secret: bytes | None = None,
     ) -> Workspace:
-        """Create a workspace folder and its genesis bundle (CreateWorkspace + join mode)."""
+        """Create a workspace folder and its genesis bundle (CreateWorkspace + join mode).
+
+        The recovery secret (random unless given) is left on `recovery_secret` for the caller
+        to show once and keep (spec 03 §2 Create); only its public key is in the genesis."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         os.chmod(path, 0o700)
@@ -140,7 +147,9 @@ class Workspace:
         self.ws = ws or ids.new_id()
         self.storage.local_set("workspace", self.ws)
         self.storage.local_set("actor", self.actor)
-        recovery_pub = Identity.generate().actor  # the recovery secret flow is spec 03's
+        secret = recovery_secret or lcmod.new_recovery_secret()
+        self.recovery_secret = secret
+        recovery_pub = lcmod.recovery_identity(secret).actor
         self._commit("user", [
             O.CreateWorkspace(name=name, owner=self.actor, recovery_pub=recovery_pub),
             O.PutConfig("workspace", "join_mode", "open"),
@@ -668,6 +677,64 @@ class Workspace:
 
     def put_config(self, ns: str, key: str, value: Any) -> Result:
         return self._commit("user", [O.PutConfig(ns, key, value)], push_undo=False)
+
+    # --- workspace lifecycle: join mode, access keys, admits, recovery (spec 03 §2) ----------
+    def lifecycle(self) -> lcmod.Lifecycle:
+        return lcmod.read(self.proj.conn, self.ws)
+
+    def _owner_only(self, what: str) -> lcmod.Lifecycle:
+        lc = self.lifecycle()
+        if lc.owner != self.actor:  # the entry would be inert: refuse to author it
+            raise Forbidden(f"only the workspace owner can {what}",
+                            owner=lc.owner.hex() if lc.owner else None)
+        return lc
+
+    def set_join_mode(self, mode: str) -> Result:
+        if mode == "request":
+            raise ValidationError("the request join mode is not available in this version")
+        if mode not in ("open", "key"):
+            raise ValidationError("join mode must be open or key", field="mode")
+        self._owner_only("change how people join")
+        return self.put_config("workspace", "join_mode", mode)
+
+    def create_access_key(self, *, expires_ms: int | None = None,
+                          max_uses: int | None = None) -> tuple[str, str, Result]:
+        """A new 6-character access code; returns (key_id, code, result)."""
+        self._owner_only("create access keys")
+        if expires_ms is not None and (type(expires_ms) is not int or expires_ms <= 0):
+            raise ValidationError("expires_ms must be a positive time in ms", field="expires_ms")
+        if max_uses is not None and (type(max_uses) is not int or max_uses < 1):
+            raise ValidationError("max_uses must be at least 1", field="max_uses")
+        kid, code = ids.to_text(ids.new_id()), lcmod.new_code()
+        value: dict[str, Any] = {"code": code}
+        if expires_ms is not None:
+            value["expires_ms"] = expires_ms
+        if max_uses is not None:
+            value["max_uses"] = max_uses
+        return kid, code, self.put_config("access_key", kid, value)
+
+    def revoke_access_key(self, key_id: str) -> Result:
+        lc = self._owner_only("revoke access keys")
+        if key_id not in lc.keys or key_id in lc.revoked:
+            raise NotFound(f"no live access key {key_id!r}", key_id=key_id)
+        return self._commit("user", [O.DeleteConfig("access_key", key_id)], push_undo=False)
+
+    def admit_joiner(self, joiner: bytes, key_id: str) -> Result:
+        """Record that a joiner proved an access code (committed before its `clock`)."""
+        return self.put_config("admit", joiner.hex(), {"key_id": key_id})
+
+    def recover_ownership(self, secret: bytes) -> tuple[bytes, Result]:
+        """Become owner with the current recovery secret; returns the new secret (show once)."""
+        lc = self.lifecycle()
+        old = lcmod.recovery_identity(secret)
+        if lc.recovery_pub is None or old.actor != lc.recovery_pub:
+            raise ValidationError("this is not the workspace's current recovery key")
+        new_secret = lcmod.new_recovery_secret()
+        new_pub = lcmod.recovery_identity(new_secret).actor
+        sig = old.sign(lcmod.recovery_message(self.ws, self.actor, new_pub))
+        r = self._commit("user", [O.RecoverOwnership(self.actor, new_pub, sig)],
+                         push_undo=False)
+        return new_secret, r
 
     # --- conflicts ---------------------------------------------------------------------------
     def resolve_field(self, entity: bytes | str, table: str, field: str, value: Any) -> Result:

@@ -21,6 +21,7 @@ from actors import events
 from actors.api import COOKIE, MAX_BODY, ROUTES, WEB_DIR, Route
 from openprod.core import ids
 from tests.api import co_helpers
+from tests.api import test_sync_api as sync_helpers
 from tests.api.conftest import HOST, ORIGIN, Api, error_of, ws_json
 
 HEX64 = set("0123456789abcdef")
@@ -128,7 +129,7 @@ BODIES: dict[str, Callable[[Api], Awaitable[dict[str, Any]]]] = {
     "/records/create": _b_rec_create, "/records/update": _b_rec_update,
     "/records/delete": _b_rec_delete, "/edge-types/create": _b_etype, "/edges/create": _b_edge,
     "/edges/delete": _b_edge_delete, "/edges/reorder": _b_edge_reorder, "/undo": _b_undo,
-    "/redo": _b_redo, **co_helpers.BODIES,
+    "/redo": _b_redo, **co_helpers.BODIES, **sync_helpers.BODIES,
 }
 
 
@@ -149,7 +150,7 @@ GETS = [r for r in ROUTES if r.method == "GET"]
 
 def test_every_command_has_a_body_factory() -> None:
     assert {r.path for r in POSTS} == set(BODIES)
-    assert {r.method for r in ROUTES} == {"GET", "POST"}
+    assert {r.method for r in ROUTES} == {"GET", "POST", "DELETE"}
 
 
 # --- success, route by route -------------------------------------------------------------------
@@ -635,11 +636,18 @@ async def test_route_succeeds(api: Api, route: Route) -> None:
         data = await api.ok("GET", path)
         assert isinstance(data, dict) and data
         return
+    if route.method == "DELETE":
+        body = await sync_helpers.prepare_delete(api, route.path)
+        resp = await api.request("DELETE", path, body=body)
+        assert resp.status_code == 200, await resp.get_json()
+        assert isinstance((await resp.get_json())["seq"], int)
+        return
     body = await BODIES[route.path](api)
     head = await api.head()
     data = await api.ok("POST", path, body)
     assert isinstance(data["seq"], int)
-    if route.path not in ("/workspace/create", "/workspace/open", *co_helpers.NO_WRITE):
+    if route.path not in ("/workspace/create", "/workspace/open", *co_helpers.NO_WRITE,
+                          *sync_helpers.NO_WRITE):
         assert data["seq"] > head, f"{route.path} did not write"
 
 
@@ -650,7 +658,8 @@ async def test_wrong_method_is_405(api: Api, route: Route) -> None:
     methods = ["PUT", "DELETE", "PATCH"]
     if not (other == "GET" and route.path.startswith("/records/")):  # GET /records/<id> exists
         methods.append(other)
-    for m in methods:
+    served = {r.method for r in ROUTES if r.path == route.path}  # e.g. GET|POST|DELETE /sync/peers
+    for m in (m for m in methods if m not in served):
         err = await error_of(await api.request(m, path), 405, "method_not_allowed")
         assert err["message"]
 

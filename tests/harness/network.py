@@ -17,7 +17,7 @@ test can cut (also mid-message), stall or throttle. By default blocking work run
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,9 @@ class FaultStream(trio.abc.HalfCloseableStream):
             step = max(1, int(self.bytes_per_s / 10))
             for i in range(0, len(data), step):
                 await self.inner.send_all(data[i:i + step])
-                await trio.sleep(len(data[i:i + step]) / self.bytes_per_s)
+                rate = self.bytes_per_s  # a test may lift the throttle mid-send
+                if rate:
+                    await trio.sleep(len(data[i:i + step]) / rate)
         else:
             await self.inner.send_all(data)
         self.sent += len(data)
@@ -182,22 +184,34 @@ class TestNetwork:
 
     def _watch(self, p: Peer) -> None:
         self.sync_of(p)
+        # every append (a commit or an admitted bundle) may complete a wait: wake the waiters
+        p.node.current.writer.listeners.append(lambda _head: self.lot.unpark_all())
 
     async def restart(self, p: Peer) -> None:
-        for key in [k for k in self.links if p.name in k]:
+        for key in [k for k, h in self.links.items() if p in (h.a, h.b)]:
             await self._drop(key)
         await p.restart()
         self._watch(p)
 
     # --- links -------------------------------------------------------------------------------
-    async def connect(self, a: Peer, b: Peer) -> LinkHandle:
+    async def connect(self, a: Peer, b: Peer, *, allow_duplicate: bool = False,
+                      prepare: Callable[[LinkHandle], None] | None = None) -> LinkHandle:
         """Link a (dialer) and b (acceptor); returns once both registered the link (or it
-        closed, e.g. refused)."""
+        closed, e.g. refused). `allow_duplicate` opens a second link even if one exists (a
+        simultaneous mutual dial); `prepare` sets faults on the handle before any byte flows."""
         key = _key(a, b)
-        if key in self.links:
-            return self.links[key]
+        h0 = self.links.get(key)
+        if h0 is not None and not allow_duplicate and not h0.done.is_set():
+            return h0
         s1, s2 = fault_pair()
         h = LinkHandle(a, b, s1, s2, trio.CancelScope())
+        if prepare is not None:
+            prepare(h)
+        if h0 is not None and allow_duplicate:
+            n = 2
+            while (key[0], f"{key[1]}#{n}") in self.links:
+                n += 1
+            key = (key[0], f"{key[1]}#{n}")
         self.links[key] = h
         self.cut_links.discard(key)
         sa, sb = self.sync_of(a), self.sync_of(b)
@@ -235,11 +249,11 @@ class TestNetwork:
     async def partition(self, *groups: Sequence[Peer]) -> None:
         """Cut every link between peers of different groups (healed by `heal`)."""
         side = {p.name: i for i, g in enumerate(groups) for p in g}
-        for key in list(self.links):
-            ga, gb = side.get(key[0]), side.get(key[1])
+        for key, h in list(self.links.items()):
+            ga, gb = side.get(h.a.name), side.get(h.b.name)
             if ga is not None and gb is not None and ga != gb:
                 await self._drop(key)
-                self.cut_links.add(key)
+                self.cut_links.add(_key(h.a, h.b))
 
     async def heal(self) -> None:
         by_name = {p.name: p for p in self.peers}

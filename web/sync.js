@@ -1,0 +1,300 @@
+// LAN sync in the UI (spec 05 J3, J15; spec 03 §4, §8): the top-bar status and the peers panel.
+// The engine owns every decision (who to dial, what to send); the UI shows GET /sync/status,
+// re-asks when a sync event arrives, and sends the user's manual peers to /sync/peers.
+
+import * as api from "./api.js";
+import { el } from "./dom.js";
+import { icon } from "./icons.js";
+import { modal } from "./dialogs.js";
+import { toast, announce } from "./toast.js";
+import { coalesced, when } from "./conflicts.js";
+
+const $ = (id) => document.getElementById(id);
+const num = new Intl.NumberFormat(); // 1,240
+
+const EVENTS = new Set([
+  "sync_peer_connected", "sync_peer_disconnected", "sync_progress", "sync_caught_up",
+  "sync_converged", "sync_divergence", "peer_discovered", "peer_lost", "workspace_joined",
+  "sync_workspace_collision",
+]);
+
+/** The key fingerprint people compare: the first 8 hex digits of the peer's actor id. */
+export function fingerprint(peerId) {
+  return peerId ? String(peerId).slice(0, 8) : "";
+}
+
+function changesLeft(n) {
+  return `${num.format(n)} ${n === 1 ? "change" : "changes"} left`;
+}
+
+/** {state, text} of the top-bar indicator for a /sync/status answer (J15, J3). */
+export function describe(st) {
+  if (!st) return { state: "offline", text: "Offline — all changes saved locally" };
+  const n = st.connected || 0;
+  const left = st.remaining || 0;
+  if (st.joining) {
+    if (left > 0) return { state: "catching-up", text: `Receiving workspace… ${changesLeft(left)}` };
+    return n ? { state: "catching-up", text: "Receiving workspace…" }
+      : { state: "offline", text: "Waiting for a peer to receive the workspace" };
+  }
+  if (n === 0) return { state: "offline", text: "Offline — all changes saved locally" };
+  if (left > 0) return { state: "catching-up", text: `Catching up · ${changesLeft(left)}` };
+  return { state: "connected", text: `Connected · ${n} ${n === 1 ? "peer" : "peers"}` };
+}
+
+/** "host:port" → {host, port}, or throws an Error saying what is wrong. */
+export function parseAddress(text) {
+  const m = /^\s*([^\s:/]+):(\d{1,5})\s*$/.exec(text || "");
+  if (!m) throw new Error("Enter the peer as host:port, e.g. 192.168.1.20:47820.");
+  const port = Number(m[2]);
+  if (port < 1 || port > 65535) throw new Error("The port must be between 1 and 65535.");
+  return { host: m[1], port };
+}
+
+/**
+ * @param {object} ctx  reportError(err, what), reload() (re-query everything on screen),
+ *   workspace() (the GET /workspace/current answer shown)
+ */
+export class Sync {
+  constructor(ctx) {
+    this.ctx = ctx;
+    this.status = null;
+    this.discovered = [];
+    this.panel = null;
+    this.refresh = coalesced(() => this.load());
+    $("sync-status").addEventListener("click", () => this.openPanel());
+  }
+
+  async load() {
+    this.status = await api.get("/sync/status");
+    this.render();
+    if (this.panel) {
+      try {
+        this.discovered = (await api.get("/workspace/discover")).workspaces || [];
+      } catch {
+        this.discovered = [];
+      }
+      this.renderPanel();
+    }
+  }
+
+  render() {
+    const { state, text } = describe(this.status);
+    const b = $("sync-status");
+    const was = b.dataset.state;
+    b.dataset.state = state;
+    $("sync-status-text").textContent = text;
+    b.title = state === "offline"
+      ? "No peer is connected. Your changes are saved here and sync when a peer is back."
+      : "Open the peers panel";
+    if (was && was !== state && state === "connected") announce(text);
+  }
+
+  /** A sync or workspace event from WS /events. */
+  onEvent(ev) {
+    if (!EVENTS.has(ev.type)) return false;
+    if (ev.type === "sync_progress" && this.status && !this.status.joining) {
+      // show the number the event carries at once; the status query confirms it
+      const p = (this.status.peers || []).find((x) => x.peer_id === ev.peer_id);
+      if (p) {
+        p.remaining = ev.remaining;
+        this.status.remaining = (this.status.peers || [])
+          .reduce((s, x) => s + (x.state === "connected" ? x.remaining || 0 : 0), 0);
+        this.render();
+      }
+    }
+    if (ev.type === "workspace_joined") {
+      toast("Workspace received — you are now in sync with your team.");
+      this.ctx.reload();
+    }
+    if (ev.type === "sync_workspace_collision") {
+      toast("A peer has a different workspace with the same id; it was not synced.",
+        { kind: "warning", timeout: 12000 });
+    }
+    this.refresh().catch(() => {});
+    return true;
+  }
+
+  // --- the peers panel ------------------------------------------------------------------
+
+  async openPanel() {
+    if (this.panel) return;
+    const list = el("div", { class: "peer-sections" });
+    const input = el("input", {
+      id: "add-peer-input", class: "input", type: "text", autocomplete: "off",
+      placeholder: "192.168.1.20:47820", "aria-describedby": "add-peer-help",
+    });
+    const error = el("p", { class: "dialog-error", role: "alert", hidden: true });
+    const add = el("button", { type: "submit", class: "btn btn-primary", text: "Add peer" });
+    const form = el("form", { class: "add-peer", novalidate: true },
+      el("label", { class: "label", for: "add-peer-input", text: "Add peer by address" }),
+      el("div", { class: "add-peer-row" }, input, add),
+      el("p", {
+        id: "add-peer-help", class: "muted help",
+        text: "Use this when computers don't find each other automatically (e.g. multicast " +
+          "is blocked). Give the other computer's address and its sync port; it is " +
+          "retried until you remove it.",
+      }),
+      error);
+    const intro = el("div", { class: "panel-intro" });
+    this.panel = { list, intro, input, error };
+    const m = modal({ title: "Sync and peers", wide: true, body: [intro, list, form],
+      actions: [{ label: "Close" }] });
+    this.panel.modal = m;
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      this.addPeer(input.value).catch(() => {});
+    });
+    m.done.then(() => { this.panel = null; });
+    this.renderPanel();
+    input.focus();
+    await this.load().catch((e) => this.ctx.reportError(e, "Couldn't load the sync status"));
+  }
+
+  showError(msg) {
+    const { error } = this.panel;
+    error.replaceChildren(el("span", { html: icon("error") }), document.createTextNode(msg));
+    error.hidden = false;
+  }
+
+  async addPeer(text) {
+    if (!this.panel) return;
+    this.panel.error.hidden = true;
+    let addr;
+    try {
+      addr = parseAddress(text);
+    } catch (err) {
+      this.showError(err.message);
+      this.panel.input.focus();
+      return;
+    }
+    try {
+      await api.post("/sync/peers", addr);
+      this.panel.input.value = "";
+      announce(`Peer ${addr.host}:${addr.port} added`);
+      await this.load();
+    } catch (err) {
+      this.showError(err.message || String(err));
+    }
+  }
+
+  async removePeer(p) {
+    try {
+      await api.del("/sync/peers", { host: p.host, port: p.port });
+      announce(`Peer ${p.address} removed`);
+      await this.load();
+    } catch (err) {
+      this.ctx.reportError(err, "Couldn't remove the peer");
+    }
+  }
+
+  async join(w) {
+    try {
+      await api.post("/workspace/join", { id: w.ws });
+      if (this.panel) this.panel.modal.close(null);
+      toast(`Joining “${w.name}”… tables fill in as data arrives.`);
+    } catch (err) {
+      this.ctx.reportError(err, "Couldn't join the workspace");
+    }
+  }
+
+  renderPanel() {
+    if (!this.panel) return;
+    const st = this.status;
+    const { list, intro } = this.panel;
+    if (!st) {
+      intro.replaceChildren(el("p", { class: "muted", text: "Loading…" }));
+      return;
+    }
+    const ws = this.ctx.workspace() || {};
+    const where = (st.addresses || []).map((a) => `${a}:${st.port}`);
+    intro.replaceChildren(
+      el("p", { class: "sync-summary", text: describe(st).text }),
+      el("p", { class: "muted" },
+        `Workspace “${ws.name || ""}” · ID fingerprint `,
+        el("code", { text: fingerprint(st.genesis) || "…" }),
+        ` · your key fingerprint `, el("code", { text: fingerprint(st.actor_id) })),
+      el("p", { class: "muted" }, !st.port
+        ? "This engine does not listen for peers (started without a sync port)."
+        : st.discovery ? "Others on this network find this workspace automatically, or can " +
+          "add this computer by address: "
+          : "Discovery is off on this computer: others add it by address: ",
+      ...where.flatMap((a, i) => [i ? ", " : "", el("code", { text: a })])),
+      el("p", { class: "muted", text: "In this version everyone who joins can edit." }));
+
+    const sections = [];
+    const connected = (st.peers || []).filter((p) => p.state === "connected");
+    const dialing = (st.peers || []).filter((p) => p.state !== "connected");
+    const rows = [];
+    for (const p of connected) {
+      rows.push(this.peerRow(p.name || p.device || "Unknown device", p.peer_id,
+        p.remaining ? `Connected · catching up, ${changesLeft(p.remaining)}` : "Connected",
+        p.addr, "ok"));
+    }
+    for (const p of dialing) {
+      const retry = p.retry_at_ms ? ` · retrying ${when(p.retry_at_ms)}` : "";
+      rows.push(this.peerRow(p.peer_id ? "Peer" : p.addr, p.peer_id,
+        p.state === "backoff" ? `Not reachable${retry}` : "Connecting…", p.addr, "warn"));
+    }
+    for (const p of st.last_seen || []) {
+      rows.push(this.peerRow(p.name || "Unknown device", p.peer_id,
+        `Last seen ${when(p.at_ms)}`, p.addr, ""));
+    }
+    sections.push(el("h3", { class: "label", text: "Peers" }));
+    sections.push(rows.length ? el("ul", { class: "peer-list", "aria-label": "Peers" }, ...rows)
+      : el("p", { class: "conflict-empty", text: "No peers yet. Teammates on this network " +
+        "appear here once they open this workspace." }));
+
+    const manual = st.manual_peers || [];
+    if (manual.length) {
+      sections.push(el("h3", { class: "label", text: "Added by address" }));
+      const ul = el("ul", { class: "peer-list", "aria-label": "Peers added by address" });
+      for (const p of manual) {
+        const remove = el("button", {
+          type: "button", class: "btn btn-danger-ghost btn-sm", text: "Remove",
+          "aria-label": `Remove peer ${p.address}`,
+        });
+        remove.addEventListener("click", () => this.removePeer(p));
+        ul.append(el("li", { class: "peer-item" },
+          el("div", { class: "peer-main" },
+            el("div", { class: "peer-title" }, el("span", { text: p.address }),
+              el("span", { class: `tag ${p.state === "connected" ? "tag-ok" : ""}`,
+                text: p.state === "connected" ? "Connected" : p.state === "backoff"
+                  ? "Not reachable" : "Connecting…" }))),
+          remove));
+      }
+      sections.push(ul);
+    }
+
+    const joinable = this.discovered.filter((w) => !w.here);
+    if (joinable.length) {
+      sections.push(el("h3", { class: "label", text: "Other workspaces on this network" }));
+      const ul = el("ul", { class: "peer-list", "aria-label": "Workspaces on this network" });
+      for (const w of joinable) {
+        const b = el("button", { type: "button", class: "btn btn-secondary btn-sm", text: "Join",
+          "aria-label": `Join ${w.name}` });
+        b.addEventListener("click", () => this.join(w));
+        ul.append(el("li", { class: "peer-item" },
+          el("div", { class: "peer-main" },
+            el("div", { class: "peer-title" }, el("span", { text: w.name }),
+              el("code", { text: w.gh.slice(0, 8), title: "Workspace fingerprint" })),
+            el("div", { class: "peer-meta", text: `${w.peers_online} ${w.peers_online === 1
+              ? "peer" : "peers"} online` })),
+          b));
+      }
+      sections.push(ul);
+    }
+    list.replaceChildren(...sections);
+  }
+
+  peerRow(name, peerId, stateText, addr, tone) {
+    return el("li", { class: "peer-item" },
+      el("span", { class: `sync-dot tone-${tone || "none"}`, "aria-hidden": "true" }),
+      el("div", { class: "peer-main" },
+        el("div", { class: "peer-title" }, el("span", { class: "peer-name", text: name }),
+          peerId ? el("code", { class: "peer-fp", text: fingerprint(peerId),
+            title: "Key fingerprint: compare it with the one on the peer's screen" }) : ""),
+        el("div", { class: "peer-meta" }, el("span", { class: "peer-state", text: stateText }),
+          addr ? ` · ${addr}` : "")));
+  }
+}
