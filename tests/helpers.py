@@ -98,6 +98,15 @@ class Net:
         return hashes.pop()
 
 
+def isolated_sync(extra: Sequence[str]) -> list[str]:
+    """Test engines never take the default peer port or advertise on the real LAN: an
+    ephemeral loopback peer port, and no mDNS unless the test asks for an interface."""
+    out = ["--sync-port", "0", "--sync-host", "127.0.0.1"]
+    if "--mdns-interface" not in extra and "--no-discovery" not in extra:
+        out.append("--no-discovery")
+    return out
+
+
 def shuffled(xs: Sequence[Any], seed: int) -> list[Any]:
     out = list(xs)
     random.Random(seed).shuffle(out)

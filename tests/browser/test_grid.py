@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import isolated_sync
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -64,7 +66,7 @@ def serve(data: Path, log: Path, extra: Sequence[str] = ()) -> Iterator[str]:
     with log.open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "actors.cli", "serve", "--port", "0", "--data", str(data),
-             *extra],
+             *isolated_sync(extra), *extra],
             cwd=REPO, stdout=subprocess.PIPE, stderr=err, bufsize=0,
         )
         try:

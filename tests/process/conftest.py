@@ -20,6 +20,8 @@ import attrs
 import pytest
 import trio
 
+from tests.helpers import isolated_sync
+
 RUNNING = re.compile(r"openprod is running — open (http://127\.0\.0\.1:(\d+))/\?token=(\S+)\n")
 READY = re.compile(r"Ctrl\+C stops\n")  # the second line of the banner
 START_TIMEOUT_S = 30
@@ -136,7 +138,8 @@ async def serve(tmp_path: Path) -> AsyncIterator[StartServe]:
         err = tmp_path / f"serve-{len(procs)}.stderr"
         with err.open("wb") as err_file:
             proc = await trio.lowlevel.open_process(
-                [*cli_command(), "serve", "--port", "0", "--data", str(data), *extra],
+                [*cli_command(), "serve", "--port", "0", "--data", str(data),
+                 *isolated_sync(extra), *extra],
                 stdout=subprocess.PIPE, stderr=err_file,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         procs.append(proc)
