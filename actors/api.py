@@ -28,7 +28,8 @@ from actors import blocking
 from actors.node import Node, lan_addresses
 from actors.overlay_manager import drift_event
 from openprod.core import codec, ids
-from openprod.core.errors import NotFound, OpenprodError, ValidationError
+from openprod.core.errors import Forbidden, NotFound, OpenprodError, ValidationError
+from openprod.engine import lifecycle as lcmod
 from openprod.engine.views import Views, _read
 from openprod.engine.workspace import Result, Workspace
 from openprod.storage.sqlite import digest_of
@@ -232,9 +233,110 @@ async def create_workspace(node: Node, body: dict[str, Any]) -> dict[str, Any]:
     name = _field(body, "name", str)
     ws = await blocking.run_sync(node.home.create_workspace, node.ident, name)
     ws_id = ids.to_text(ws.ws)
+    secret = ws.recovery_secret
     ws.close()
     await node.open_workspace(ws_id)
-    return {"workspace_id": ws_id, "seq": node.current.writer.appended}
+    # shown once (spec 03 §2 Create); a copy stays in <home>/secrets for the local owner
+    return {"workspace_id": ws_id, "seq": node.current.writer.appended,
+            "recovery_secret": lcmod.b32(secret) if secret else None}
+
+
+@api("/workspace/fork", "POST", "Fork the open workspace into a new one you own (current "
+     "records with the same ids, no history; never syncs with the source) and open it",
+     body=obj(["name"], name=STR))
+async def fork_workspace(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    name = _field(body, "name", str)
+    if not name.strip() or len(name) > 200:
+        raise ValidationError("a workspace needs a name of 1-200 characters", field="name")
+    source = node.current
+
+    def run(ws: Workspace) -> tuple[str, bytes | None, dict[str, Any]]:
+        # on the writer: the source's `fork` record goes through the single writer, and the
+        # fork's files are made (and closed) within the same call
+        fork, report = node.home.fork_workspace(node.ident, source.ws_id, name, source=ws)
+        try:
+            return ids.to_text(fork.ws), fork.recovery_secret, report
+        finally:
+            fork.close()
+
+    ws_id, secret, report = await source.writer.call(run, "fork")
+    await node.open_workspace(ws_id)
+    return {"id": ws_id, "workspace_id": ws_id, "name": name.strip(),
+            "seq": node.current.writer.appended, "report": report,
+            "recovery_secret": lcmod.b32(secret) if secret else None}
+
+
+def _lifecycle_json(lc: lcmod.Lifecycle, me: bytes, now_ms: int) -> dict[str, Any]:
+    return {"owner": lc.owner.hex() if lc.owner else None, "is_owner": lc.owner == me,
+            "join_mode": lc.join_mode, "admitted": len(lc.admitted),
+            "recoveries": len(lc.recoveries), "live_keys": len(lc.live_keys(now_ms))}
+
+
+@api("/workspace/lifecycle", "GET", "Owner, join mode and access-key counts of the open "
+     "workspace", query=("after",))
+async def workspace_lifecycle(node: Node, body: Any) -> dict[str, Any]:
+    await _after(node)
+    s = node.current
+    lc = await s.writer.call(lambda ws: ws.lifecycle())
+    return _lifecycle_json(lc, node.ident.actor, s.ws.clock.now())
+
+
+@api("/workspace/join-mode", "POST", "Set how people join: open (anyone on the LAN) or key "
+     "(an access code); owner only", body=obj(["mode"], mode=STR))
+async def set_join_mode(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    mode = _field(body, "mode", str)
+    r = await _command(node, lambda ws: ws.set_join_mode(mode))
+    return _result(r, join_mode=mode)
+
+
+@api("/workspace/recover", "POST", "Become the owner with the workspace recovery secret; "
+     "returns the new secret (shown once)", body=obj(["secret"], secret=STR))
+async def recover_workspace(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    text = _field(body, "secret", str)
+    try:
+        secret = lcmod.unb32(text, 32)
+    except ValueError:
+        raise ValidationError("the recovery secret is 52 base32 characters", field="secret",
+                              ) from None
+    new_secret, r = await _command(node, lambda ws: ws.recover_ownership(secret))
+    node.home.save_recovery(node.current.ws_id, new_secret)
+    return _result(r, recovery_secret=lcmod.b32(new_secret))
+
+
+@api("/access-keys/list", "GET", "Access keys of the open workspace (owner only)",
+     query=("after",))
+async def list_access_keys(node: Node, body: Any) -> dict[str, Any]:
+    await _after(node)
+    s = node.current
+    lc = await s.writer.call(lambda ws: ws.lifecycle())
+    if lc.owner != node.ident.actor:
+        raise Forbidden("only the workspace owner sees its access keys")
+    live = lc.live_keys(s.ws.clock.now())
+    return {"keys": [{"key_id": kid, "code": k.get("code"), "expires_ms": k.get("expires_ms"),
+                      "max_uses": k.get("max_uses"), "uses": lc.uses.get(kid, 0),
+                      "live": kid in live, "revoked": kid in lc.revoked}
+                     for kid, k in sorted(lc.keys.items())]}
+
+
+@api("/access-keys/create", "POST", "Create a 6-character access code (owner only)",
+     body=obj(expires_in_s=INT, max_uses=INT))
+async def create_access_key(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    exp_s = _field(body, "expires_in_s", int, required=False)
+    max_uses = _field(body, "max_uses", int, required=False)
+    if exp_s is not None and exp_s <= 0:
+        raise ValidationError("expires_in_s must be positive", field="expires_in_s")
+    expires_ms = node.current.ws.clock.now() + exp_s * 1000 if exp_s is not None else None
+    kid, code, r = await _command(
+        node, lambda ws: ws.create_access_key(expires_ms=expires_ms, max_uses=max_uses))
+    return _result(r, key_id=kid, code=code, expires_ms=expires_ms, max_uses=max_uses)
+
+
+@api("/access-keys/revoke", "POST", "Revoke an access code (owner only)",
+     body=obj(["key_id"], key_id=STR))
+async def revoke_access_key(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    kid = _field(body, "key_id", str)
+    r = await _command(node, lambda ws: ws.revoke_access_key(kid))
+    return _result(r, key_id=kid)
 
 
 @api("/workspace/open", "POST", "Open another workspace", body=obj(["id"], id=ID))
@@ -399,10 +501,16 @@ async def discover_workspaces(node: Node, body: Any) -> dict[str, Any]:
 
 @api("/workspace/join", "POST", "Join a workspace by id (from discovery, or at host:port) and "
      "open it; it turns active when its genesis arrives (workspace_joined)",
-     body=obj(["id"], id=ID, name=STR, host=STR, port=INT))
+     body=obj(["id"], id=ID, name=STR, host=STR, port=INT, code=STR))
 async def join_workspace(node: Node, body: dict[str, Any]) -> dict[str, Any]:
     ws_id = ids.to_text(_id(_field(body, "id", str)))
     name = _field(body, "name", str, required=False)
+    code = _field(body, "code", str, required=False)
+    if code is not None:
+        try:
+            node.access_codes[ws_id] = lcmod.normalize_code(code)
+        except ValueError as exc:
+            raise ValidationError(str(exc), field="code") from None
     hp = _host_port(body, required=False)
     seen = [w for w in node.discovered_workspaces() if w["ws"] == ws_id]
     if name is None and seen:

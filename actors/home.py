@@ -119,8 +119,45 @@ class Home:
         path = self.workspace_dir(ids.to_text(ws_id))
         ws = Workspace.create(path, ident, name.strip(), ws=ws_id)
         self.write_meta(ids.to_text(ws_id), name=name.strip(), state="active")
+        if ws.recovery_secret is not None:
+            self.save_recovery(ids.to_text(ws_id), ws.recovery_secret)
         self.set_last(ids.to_text(ws_id))
         return ws
+
+    def save_recovery(self, ws_id: str, secret: bytes) -> None:
+        """Keep the workspace recovery secret for the local owner: secrets/<ws>.recovery, 0600."""
+        d = self.path / "secrets"
+        d.mkdir(mode=0o700, exist_ok=True)
+        path = d / f"{ws_id}.recovery"
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret.hex() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def fork_workspace(self, ident: identmod.Identity, ws_id: str, name: str, *,
+                       source: Workspace | None = None) -> tuple[Workspace, dict[str, Any]]:
+        """Fork workspace `ws_id` into `workspaces/<new id>` (state=active); see
+        `Workspace.fork`. `source` is that workspace already open (the writer's, so the source's
+        `fork` record goes through the single writer); else it is opened here for the call.
+        Like `create_workspace`, the fork's recovery secret is saved under `secrets/` and left
+        on the returned workspace (`recovery_secret`) to be shown once."""
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise ValidationError("a workspace needs a name of 1-200 characters", field="name")
+        new_id = ids.new_id()
+        src = source if source is not None else Workspace.open(self.workspace_path(ws_id), ident)
+        try:
+            ws, report = src.fork(self.workspace_dir(ids.to_text(new_id)), name.strip(),
+                                  ws=new_id)
+        finally:
+            if source is None:
+                src.close()
+        self.write_meta(ids.to_text(new_id), name=name.strip(), state="active")
+        if ws.recovery_secret is not None:
+            self.save_recovery(ids.to_text(new_id), ws.recovery_secret)
+        return ws, report
 
     def join_workspace(self, ident: identmod.Identity, ws_id: str, name: str = "") -> Workspace:
         """An empty replica of workspace `ws_id` (state=joining) for catch-up to fill (§2 Join)."""

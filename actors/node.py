@@ -167,6 +167,7 @@ class Node:
         self.lan: dict[str, disc.Advert] = {}
         # `gh` a join should expect, learnt from discovery when the join was asked for
         self.expected_gh: dict[str, str] = {}
+        self.access_codes: dict[str, str] = {}  # ws → the access code a joiner typed
         self._joined = trio.Event()
         self.discovery_error: str | None = None
 
@@ -242,6 +243,8 @@ class Node:
             "save_peers": lambda ps: self.home.write_meta(ws_id, manual_peers=ps)}
         if ws_id in self.expected_gh:
             opts["expected_genesis"] = self.expected_gh[ws_id]
+        if ws_id in self.access_codes:
+            opts["access_code"] = self.access_codes[ws_id]
         return opts
 
     def _services(self) -> list[Service]:

@@ -51,10 +51,11 @@ MISBEHAVIOUR = frozenset([m.CLOSE_BAD_AUTH, m.CLOSE_PROTOCOL, m.CLOSE_INVALID_SI
 
 
 class LinkFailed(Exception):
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, code: int, reason: str, *, remote: bool = False) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.remote = remote  # the peer closed with this code (we did not decide it)
 
 
 class Lanes:
@@ -160,10 +161,10 @@ class SyncPeer:
     def idle(self) -> bool:
         return self.link.quiet and self.lanes.empty
 
-    def fail(self, code: int, reason: str) -> None:
+    def fail(self, code: int, reason: str, *, remote: bool = False) -> None:
         """Close this link with `code` (from any task; the first failure wins)."""
         if self.failure is None:
-            self.failure = LinkFailed(code, reason)
+            self.failure = LinkFailed(code, reason, remote=remote)
         self.cancel_scope.cancel()
 
     # --- running -----------------------------------------------------------------------------
@@ -173,8 +174,10 @@ class SyncPeer:
         try:
             with self.cancel_scope:
                 try:
-                    if not await self._handshake():
+                    hs = await self._handshake()
+                    if hs is None:
                         return m.CLOSE_NORMAL
+                    await self.svc._gate(self, hs)
                     self.svc._register(self)
                     self._conn = db.connect(self.svc.path / OPLOG_FILE, synchronous="NORMAL")
                     self.connected_at = trio.current_time()
@@ -189,7 +192,8 @@ class SyncPeer:
                     self.fail(exc.code, exc.reason)
                 except ConnectionClosed as exc:
                     code = exc.reason.code if exc.reason is not None else 1006
-                    self.failure = self.failure or LinkFailed(code, "closed by the peer")
+                    self.failure = self.failure or LinkFailed(code, "closed by the peer",
+                                                              remote=True)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self.failure = self.failure or LinkFailed(1006, "connection lost")
         finally:
@@ -205,10 +209,11 @@ class SyncPeer:
             self.svc._unregister(self, code, reason)
         return code
 
-    async def _handshake(self) -> bool:
+    async def _handshake(self) -> Handshake | None:
         svc = self.svc
         hs = Handshake(self.role, svc.ident, svc.ws, svc.genesis,
-                       name=svc.ident.display_name, device=svc.ident.device_name)
+                       name=svc.ident.display_name, device=svc.ident.device_name,
+                       join=svc.join_proof if svc.access_code else None)
         with trio.move_on_after(svc.config.handshake_s) as cs:
             await self._send_now(hs.start()[0])
             while not hs.authenticated:
@@ -216,7 +221,7 @@ class SyncPeer:
                 if isinstance(msg, m.ListWorkspaces) and self.role == "acceptor" and (
                         hs.peer_hello is None):
                     await self._send_now(svc.directory())
-                    return False
+                    return None
                 try:
                     out = hs.receive(msg)
                 except m.ProtocolError as exc:
@@ -234,7 +239,7 @@ class SyncPeer:
                         await self._send_now(reply)
         if cs.cancelled_caught:
             raise LinkFailed(m.CLOSE_TOO_SLOW, "handshake deadline passed")
-        return True
+        return hs
 
     async def _frame(self) -> bytes:
         frame = await self.conn.get_message()
@@ -272,7 +277,7 @@ class SyncPeer:
             self.fail(exc.code, exc.reason)
         except ConnectionClosed as exc:
             code = exc.reason.code if exc.reason is not None else 1006
-            self.fail(code, "closed by the peer")
+            self.fail(code, "closed by the peer", remote=True)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
             self.fail(1006, "connection lost")
         except Exception as exc:  # a bug must not take the node down with one link

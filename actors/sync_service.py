@@ -30,11 +30,12 @@ from actors.follower import Follower
 from actors.sync_peer import MISBEHAVIOUR, SyncPeer, VerifyPool, check_split
 from openprod.core import ids
 from openprod.core import vclock as vcmod
+from openprod.engine import lifecycle as lcmod
 from openprod.engine.workspace import OPLOG_FILE
 from openprod.storage import db
 from openprod.sync import catchup
 from openprod.sync import messages as m
-from openprod.sync.handshake import Role
+from openprod.sync.handshake import Handshake, Role
 from openprod.sync.receipt import Checked
 
 if TYPE_CHECKING:
@@ -73,6 +74,8 @@ class SyncConfig:
     penalty_min_s: float = 60.0
     penalty_max_s: float = 1800.0
     late_dial_s: float = 15.0
+    proof_failures: int = 5  # wrong access-code proofs per IP before a lockout
+    lockout_s: float = 60.0  # first lockout; doubles on each further one
     verify_processes: bool = False  # check big ops messages in two worker processes
 
 
@@ -105,7 +108,8 @@ class SyncService:
                  on_joined: Callable[[], None] | None = None,
                  manual_peers: list[str] | None = None,
                  save_peers: Callable[[list[str]], None] | None = None,
-                 expected_genesis: str | None = None) -> None:
+                 expected_genesis: str | None = None,
+                 access_code: str | None = None) -> None:
         self.session = session
         self.hub = hub
         self.config = config or SyncConfig()
@@ -124,6 +128,10 @@ class SyncService:
         self.pending: set[SyncPeer] = set()  # handshaking
         self.verify_limiter = trio.CapacityLimiter(2)
         self.verify_pool = VerifyPool(2)
+        self.access_code: str | None = access_code  # a joiner's code for key-mode workspaces
+        self._lc_conn: Any = None
+        self.penalties: dict[str, tuple[float, float, int]] = {}  # key → (until, span, code)
+        self.lockouts: dict[str, tuple[int, float, float]] = {}  # ip → (fails, until, span)
         self.rng = random.Random()
         self.manual_peers: list[str] = list(manual_peers or [])
         self._save_peers = save_peers
@@ -188,8 +196,77 @@ class SyncService:
         self.links[peer.peer_actor] = peer
         self.changed.unpark_all()
 
+    # --- the join gate and misbehaviour penalties (spec 03 §2 Join modes, §4 Dialing) ------
+
+    def join_proof(self, hello: m.Hello) -> bytes | None:
+        """Our proof of the access code for this peer (its nonce is the one it checks)."""
+        if not self.access_code:
+            return None
+        try:
+            return lcmod.join_proof(self.ws, self.actor, hello.nonce, self.access_code)
+        except ValueError:
+            return None
+
+    async def lifecycle(self) -> lcmod.Lifecycle:
+        if self._lc_conn is None:
+            self._lc_conn = self.open_reader()
+        conn = self._lc_conn
+        return await blocking.run_sync(lcmod.read, conn, self.ws)
+
+    async def _gate(self, peer: SyncPeer, hs: Handshake) -> None:
+        """After both auths verify, before anything else: refuse a peer serving a penalty,
+        and in access-key mode a non-member without a valid proof (4004). A valid proof is
+        recorded as an `admit` entry before our clock goes out."""
+        actor = peer.peer_actor
+        assert actor is not None
+        ip = peer.addr.rsplit(":", 1)[0]
+        now = trio.current_time()
+        for key in (actor.hex(), ip):
+            pen = self.penalties.get(key)
+            if pen is not None and pen[0] > now:
+                raise m.ProtocolError(pen[2], "still in misbehaviour backoff",
+                                      retry_in_s=round(pen[0] - now))
+        lc = await self.lifecycle()
+        if lc.join_mode != "key" or self._is_member(lc, actor):
+            return
+        lock = self.lockouts.get(ip)
+        if lock is not None and lock[1] > now:
+            raise m.ProtocolError(m.CLOSE_JOIN_REFUSED, "too many wrong access codes; wait")
+        if hs.peer_join is not None:
+            kid = lcmod.match_key(lc, self.ws, actor, hs.nonce, hs.peer_join, self.now_ms())
+            if kid is not None:
+                await self.writer.call(lambda ws: ws.admit_joiner(actor, kid))
+                self.lockouts.pop(ip, None)
+                return
+            fails, until, span = self.lockouts.get(ip, (0, 0.0, 0.0))
+            fails += 1
+            if fails >= self.config.proof_failures:
+                span = self.config.lockout_s if span == 0 else span * 2
+                until, fails = now + span, 0
+            self.lockouts[ip] = (fails, until, span)
+            raise m.ProtocolError(m.CLOSE_JOIN_REFUSED, "wrong or expired access code")
+        raise m.ProtocolError(m.CLOSE_JOIN_REFUSED, "this workspace needs an access code")
+
+    def _is_member(self, lc: lcmod.Lifecycle, actor: bytes) -> bool:
+        """Owner, admitted, or an author of something we hold (joined while it was open)."""
+        return actor == lc.owner or actor in lc.admitted or actor in self.local_vc()
+
+    def _penalize(self, peer: SyncPeer, code: int) -> None:
+        """Misbehaviour closes back off accepting as well as dialing: 60 s doubling to 30 min."""
+        now = trio.current_time()
+        for key in (peer.peer_id, peer.addr.rsplit(":", 1)[0]):
+            if not key or key == "memory":
+                continue
+            prev = self.penalties.get(key)
+            span = self.config.penalty_min_s if prev is None else min(
+                self.config.penalty_max_s, prev[1] * 2)
+            self.penalties[key] = (now + span, span, code)
+
     def _unregister(self, peer: SyncPeer, code: int, reason: str) -> None:
         self.pending.discard(peer)
+        if code in MISBEHAVIOUR and peer.failure is not None and (
+                peer.failure.code == code and not peer.failure.remote):
+            self._penalize(peer, code)
         if peer.peer_actor is not None and self.links.get(peer.peer_actor) is peer:
             del self.links[peer.peer_actor]
             self.last_seen[peer.peer_id] = {"peer_id": peer.peer_id, "name": peer.peer_name,
@@ -388,6 +465,8 @@ class SyncService:
             await self._run(task_status)
         finally:
             self.verify_pool.close()
+            if self._lc_conn is not None:
+                self._lc_conn.close()
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as n:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from openprod.core.errors import (
 )
 from openprod.core.identity import Identity
 from openprod.engine import crdt, fracindex
+from openprod.engine import fork as forkmod
 from openprod.engine import lifecycle as lcmod
 from openprod.engine import overlays as ovmod
 from openprod.engine import undo as undomod
@@ -51,6 +53,7 @@ from openprod.sync.receipt import Checked, check_records
 
 OPLOG_FILE = "oplog.db"
 IMPORT_BATCH = 500
+FORK_APPEND_BUNDLES = 16  # fork bundles per append transaction (each up to ~4 MiB)
 INTEGRITY_CODES = frozenset(["bad_signature", "bad_digest", "malformed"])
 
 
@@ -132,12 +135,13 @@ class Workspace:
     def create(
         cls, path: Path | str, ident: Identity, name: str = "Workspace", *,
         now: Callable[[], int] = hlcmod.system_ms, ws: bytes | None = None,
-        recovery_secret: bytes | None = None,
+        recovery_secret: bytes | None = None, forked_from: Mapping[str, Any] | None = None,
     ) -> Workspace:
         """Create a workspace folder and its genesis bundle (CreateWorkspace + join mode).
 
         The recovery secret (random unless given) is left on `recovery_secret` for the caller
-        to show once and keep (spec 03 §2 Create); only its public key is in the genesis."""
+        to show once and keep (spec 03 §2 Create); only its public key is in the genesis.
+        `forked_from` {ws, genesis_hash, oplog_digest} marks a fork's genesis (see `fork`)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         os.chmod(path, 0o700)
@@ -151,7 +155,8 @@ class Workspace:
         self.recovery_secret = secret
         recovery_pub = lcmod.recovery_identity(secret).actor
         self._commit("user", [
-            O.CreateWorkspace(name=name, owner=self.actor, recovery_pub=recovery_pub),
+            O.CreateWorkspace(name=name, owner=self.actor, recovery_pub=recovery_pub,
+                              forked_from=dict(forked_from) if forked_from else None),
             O.PutConfig("workspace", "join_mode", "open"),
             O.PutConfig("actor", self.actor.hex(), {
                 "display_name": ident.display_name, "device_name": ident.device_name}),
@@ -181,6 +186,66 @@ class Workspace:
     def close(self) -> None:
         self.proj.conn.close()
         self.storage.close()
+
+    def fork(self, dest: Path | str, name: str, *, ws: bytes | None = None,
+             ) -> tuple[Workspace, dict[str, Any]]:
+        """A new workspace at `dest` holding this one's current canonical state (spec 03 §2).
+
+        Its genesis names this actor owner and `forked_from` = {ws, genesis_hash,
+        oplog_digest} of this workspace; then the schema, records (same entity ids, displayed
+        values), CRDT text and edges (same edge ids and indexes) follow as `import` bundles
+        authored by this actor (what is and is not copied: openprod.engine.fork). This
+        workspace then records `fork` = {} under the new ws id (a normal user bundle).
+        Returns the open fork (its recovery secret on `recovery_secret`) and a report
+        {ws, name, records, edges, open_conflicts}. `ws`: the fork's id (new unless given).
+        Blobs referenced by blob_ref values would
+        be hard-linked into the fork; there is no blob store yet, so none are.
+        """
+        name = _label(name, "workspace")
+        dest = Path(dest)
+        if dest.exists() and any(dest.iterdir()):
+            raise ValidationError(f"{dest} is not empty", path=str(dest))
+        gh = self.genesis_hash()
+        if gh is None:
+            raise ValidationError("this workspace has not received its genesis yet")
+        conflicts = self.list_conflicts("open")  # also catches the conflict projection up
+        origin = {"ws": self.ws, "genesis_hash": gh, "oplog_digest": self.oplog_digest()}
+        new = Workspace.create(dest, self.ident, name, now=self.clock.now, ws=ws,
+                               forked_from=origin)
+        try:
+            records, edges = new._import_fork(self.views)
+        except BaseException:
+            new.close()  # a half-made fork is not a workspace: remove it
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        self.put_config("fork", ids.to_text(new.ws), {})
+        return new, {"ws": ids.to_text(new.ws), "name": name, "records": len(records),
+                     "edges": len(edges),
+                     "open_conflicts": forkmod.conflict_report(conflicts, records, edges)}
+
+    def _import_fork(self, src: Views) -> tuple[set[bytes], set[bytes]]:
+        """Append the source's state as `import` bundles (schema, records, edges), a few
+        bundles per transaction; returns the entity and edge ids copied."""
+        tables = {t.facet: t for t in src.tables()}
+        entities = forkmod.live_entities(src)
+        edge_ops = list(forkmod.edge_ops(src))
+        sections: list[Iterable[list[O.Payload]]] = [
+            forkmod.pack([p] for p in forkmod.schema_ops(src)),
+            forkmod.pack(forkmod.record_ops(src, e, tables) for e in entities),
+            forkmod.pack([p] for p in edge_ops),
+        ]
+        batch: list[O.Bundle] = []
+        for section in sections:
+            for payloads in section:
+                batch.append(self._seal("import", payloads))
+                if len(batch) >= FORK_APPEND_BUNDLES:
+                    self.storage.append(batch)
+                    batch = []
+        if batch:
+            self.storage.append(batch)
+        self._derive()
+        return set(entities), {p.edge for p in edge_ops
+                               if isinstance(p, O.CreateEdge | O.CreateOrderedEdge)}
 
     # --- the write path ----------------------------------------------------------------------
     def _seal(self, kind: str, payloads: Sequence[O.Payload],
