@@ -13,9 +13,11 @@ import os
 import secrets
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from openprod.core import hlc as hlcmod
 from openprod.core import identity as identmod
 from openprod.core import ids
 from openprod.core.errors import NotFound, OpenprodError, ValidationError
@@ -112,12 +114,13 @@ class Home:
                         "state": doc.get("state", "active"), "path": str(d)})
         return out
 
-    def create_workspace(self, ident: identmod.Identity, name: str) -> Workspace:
+    def create_workspace(self, ident: identmod.Identity, name: str, *,
+                         now: Callable[[], int] = hlcmod.system_ms) -> Workspace:
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise ValidationError("a workspace needs a name of 1-200 characters")
         ws_id = ids.new_id()
         path = self.workspace_dir(ids.to_text(ws_id))
-        ws = Workspace.create(path, ident, name.strip(), ws=ws_id)
+        ws = Workspace.create(path, ident, name.strip(), ws=ws_id, now=now)
         self.write_meta(ids.to_text(ws_id), name=name.strip(), state="active")
         if ws.recovery_secret is not None:
             self.save_recovery(ids.to_text(ws_id), ws.recovery_secret)

@@ -496,6 +496,13 @@ class Peer:
         await s.conflicts.wait_applied(s.writer.appended)
 
     # --- lifecycle -------------------------------------------------------------------------
+    async def fork(self, name: str) -> dict[str, Any]:
+        """`POST /workspace/fork`: the node now has the fork open (this peer's `ws_id` follows
+        it); returns the route's answer {id, name, seq, report, …}."""
+        r = dict(await self.post("/workspace/fork", {"name": name}))
+        self.ws_id = str(r["id"])
+        return r
+
     async def restart(self) -> None:
         """Stop the workspace's actors (closing its databases) and reopen it from its files."""
         await self.node.open_workspace(self.ws_id)
@@ -519,12 +526,8 @@ async def open_peer(nursery: trio.Nursery, root: Path, name: str, *, ws_id: str 
     home.ensure()
     ident = home.identity(name)
     if ws_id is None:
-        ws_bytes = ids.new_id()
-        ws_id = ids.to_text(ws_bytes)
-        # home.create_workspace has no `now`: create it the same way with the peer's clock
-        ws = Workspace.create(home.workspace_dir(ws_id), ident, "Test", now=clock, ws=ws_bytes)
-        home.write_meta(ws_id, name="Test", state="active")
-        home.set_last(ws_id)
+        ws = home.create_workspace(ident, "Test", now=clock)
+        ws_id = ids.to_text(ws.ws)
     else:
         ws = home.join_workspace(ident, ws_id)
         ws_id = ids.to_text(ws.ws)
