@@ -153,6 +153,8 @@ class SqliteStorage:
 
         Raises EquivocationError (nothing written) if a known bundle id arrives with other bytes.
         """
+        if not bundles:  # nothing to write: no transaction, no fsync
+            return AppendResult({}, self._head, self._head + 1)
         conn = self.conn
         now = _now_ms()
         status: dict[bytes, str] = {}
