@@ -173,29 +173,7 @@ class SyncPeer:
         """Handshake, then serve the link until it closes; returns the close code."""
         try:
             with self.cancel_scope:
-                try:
-                    hs = await self._handshake()
-                    if hs is None:
-                        return m.CLOSE_NORMAL
-                    await self.svc._gate(self, hs)
-                    self.svc._register(self)
-                    self._conn = db.connect(self.svc.path / OPLOG_FILE, synchronous="NORMAL")
-                    self.connected_at = trio.current_time()
-                    self.svc._publish({"type": "sync_peer_connected", "peer_id": self.peer_id,
-                                       "name": self.peer_name, "addr": self.addr,
-                                       "via": self.via})
-                    self._send_control(self.link.clock(self.svc.local_vc()))
-                    await self._serve()
-                except m.ProtocolError as exc:
-                    self.fail(exc.close_code, exc.message)
-                except LinkFailed as exc:
-                    self.fail(exc.code, exc.reason)
-                except ConnectionClosed as exc:
-                    code = exc.reason.code if exc.reason is not None else 1006
-                    self.failure = self.failure or LinkFailed(code, "closed by the peer",
-                                                              remote=True)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self.failure = self.failure or LinkFailed(1006, "connection lost")
+                await self._guard(self._link)
         finally:
             code = self.failure.code if self.failure else m.CLOSE_NORMAL
             reason = self.failure.reason if self.failure else ""
@@ -208,6 +186,20 @@ class SyncPeer:
                 self._conn.close()
             self.svc._unregister(self, code, reason)
         return code
+
+    async def _link(self) -> None:
+        """Handshake, gate, register, then serve (a `list` request ends after the reply)."""
+        hs = await self._handshake()
+        if hs is None:
+            return
+        await self.svc._gate(self, hs)
+        self.svc._register(self)
+        self._conn = db.connect(self.svc.path / OPLOG_FILE, synchronous="NORMAL")
+        self.connected_at = trio.current_time()
+        self.svc._publish({"type": "sync_peer_connected", "peer_id": self.peer_id,
+                           "name": self.peer_name, "addr": self.addr, "via": self.via})
+        self._send_control(self.link.clock(self.svc.local_vc()))
+        await self._serve()
 
     async def _handshake(self) -> Handshake | None:
         svc = self.svc

@@ -12,6 +12,7 @@ import { shortId } from "./format.js";
 import { Conflicts } from "./conflicts.js";
 import { Staging } from "./staging.js";
 import { Sync } from "./sync.js";
+import { newWorkspaceDialog, showRecoverySecret } from "./access.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -448,6 +449,19 @@ async function newTable() {
   }
 }
 
+/** Create a workspace (spec 05 J2) and show its recovery key once (spec 03 §2 Create). The
+ * engine opens it and says so with `workspace_opened`, which reloads the screen. */
+async function newWorkspace() {
+  if (state.blocked) return;
+  grid.flushEdit();
+  const r = await newWorkspaceDialog();
+  if (!r) return;
+  announce("Workspace created");
+  if (r.recovery_secret) {
+    await showRecoverySecret(r.recovery_secret, { title: "Save the recovery key" });
+  }
+}
+
 // --- events -------------------------------------------------------------------------------
 
 function onEvent(ev) {
@@ -571,6 +585,8 @@ async function main() {
   $("redo-btn").addEventListener("click", () => undoRedo("redo"));
   $("new-table-btn").addEventListener("click", newTable);
   $("empty-new-table").addEventListener("click", newTable);
+  $("new-workspace-btn").addEventListener("click", () => newWorkspace()
+    .catch((e) => reportError(e, "Couldn't create the workspace")));
   $("add-record-btn").addEventListener("click", addRecord);
   $("delete-selected-btn").addEventListener("click", () => deleteRecords([...state.selection]));
   try {

@@ -8,6 +8,7 @@ import { icon } from "./icons.js";
 import { modal } from "./dialogs.js";
 import { toast, announce } from "./toast.js";
 import { coalesced, when } from "./conflicts.js";
+import { AccessSection, joinWithCodeDialog } from "./access.js";
 
 const $ = (id) => document.getElementById(id);
 const num = new Intl.NumberFormat(); // 1,240
@@ -17,6 +18,12 @@ const EVENTS = new Set([
   "sync_converged", "sync_divergence", "peer_discovered", "peer_lost", "workspace_joined",
   "sync_workspace_collision",
 ]);
+
+// a member refused this engine at the handshake: no access code, or a wrong/expired/used-up one
+const CLOSE_JOIN_REFUSED = 4004;
+// while a workspace is arriving, re-ask the status this often: a refused handshake (4004) never
+// became a link, so no event reports it
+const JOINING_POLL_MS = 3000;
 
 /** The key fingerprint people compare: the first 8 hex digits of the peer's actor id. */
 export function fingerprint(peerId) {
@@ -62,20 +69,59 @@ export class Sync {
     this.discovered = [];
     this.panel = null;
     this.refresh = coalesced(() => this.load());
+    this.codeGiven = new Set(); // workspaces joined with an access code from this page
+    this.refused = new Set(); // joining workspaces whose members answered 4004
+    this.poll = null;
     $("sync-status").addEventListener("click", () => this.openPanel());
   }
 
   async load() {
     this.status = await api.get("/sync/status");
     this.render();
+    clearTimeout(this.poll);
+    if (this.status.joining) {
+      if ((this.status.peers || []).some((p) => p.last_code === CLOSE_JOIN_REFUSED)) {
+        this.joinRefused();
+      }
+      this.poll = setTimeout(() => this.refresh().catch(() => {}), JOINING_POLL_MS);
+    }
     if (this.panel) {
       try {
         this.discovered = (await api.get("/workspace/discover")).workspaces || [];
       } catch {
         this.discovered = [];
       }
+      const { access } = this.panel;
+      await access.load().catch((e) => this.ctx.reportError(e, "Couldn't load who can join"));
+      if (this.panel && this.panel.access === access) access.render();
       this.renderPanel();
     }
+  }
+
+  /** The join of the open workspace was refused with 4004 (once per workspace). */
+  joinRefused() {
+    const ws = this.status && this.status.workspace_id;
+    if (!ws || this.refused.has(ws)) return;
+    this.refused.add(ws);
+    toast(this.refusedText(ws), { kind: "error", timeout: 0 });
+    this.renderPanel();
+  }
+
+  refusedText(ws) {
+    return this.codeGiven.has(ws)
+      ? "The access code was refused — ask the owner for a new one."
+      : "This workspace's members refused this computer: joining needs an access code — ask " +
+        "the owner for one.";
+  }
+
+  /** Display names by actor id, for the owner line. */
+  names() {
+    const st = this.status || {};
+    const m = new Map();
+    for (const p of [...(st.last_seen || []), ...(st.peers || [])]) {
+      if (p.peer_id && p.name) m.set(p.peer_id, p.name);
+    }
+    return m;
   }
 
   render() {
@@ -107,6 +153,10 @@ export class Sync {
       toast("Workspace received — you are now in sync with your team.");
       this.ctx.reload();
     }
+    if (ev.type === "sync_peer_disconnected" && ev.code === CLOSE_JOIN_REFUSED &&
+      this.status && this.status.joining) {
+      this.joinRefused();
+    }
     if (ev.type === "sync_workspace_collision") {
       toast("A peer has a different workspace with the same id; it was not synced.",
         { kind: "warning", timeout: 12000 });
@@ -137,9 +187,15 @@ export class Sync {
       }),
       error);
     const intro = el("div", { class: "panel-intro" });
-    this.panel = { list, intro, input, error };
-    const m = modal({ title: "Sync and peers", wide: true, body: [intro, list, form],
-      actions: [{ label: "Close" }] });
+    const access = new AccessSection({
+      reportError: this.ctx.reportError,
+      names: () => this.names(),
+      changed: () => this.refresh().catch((e) => this.ctx.reportError(e,
+        "Couldn't load the sync status")),
+    });
+    this.panel = { list, intro, input, error, access };
+    const m = modal({ title: "Sync and peers", wide: true,
+      body: [intro, access.root, list, form], actions: [{ label: "Close" }] });
     this.panel.modal = m;
     form.addEventListener("submit", (e) => {
       e.preventDefault();
@@ -190,7 +246,14 @@ export class Sync {
 
   async join(w) {
     try {
-      await api.post("/workspace/join", { id: w.ws });
+      if (w.join === "key") {
+        // the code is checked for shape by the engine (400 shown in the dialog); whether it
+        // is right only shows when a member answers (4004, see joinRefused)
+        if (!await joinWithCodeDialog(w)) return;
+        this.codeGiven.add(w.ws);
+      } else {
+        await api.post("/workspace/join", { id: w.ws });
+      }
       if (this.panel) this.panel.modal.close(null);
       toast(`Joining “${w.name}”… tables fill in as data arrives.`);
     } catch (err) {
@@ -221,6 +284,10 @@ export class Sync {
           : "Discovery is off on this computer: others add it by address: ",
       ...where.flatMap((a, i) => [i ? ", " : "", el("code", { text: a })])),
       el("p", { class: "muted", text: "In this version everyone who joins can edit." }));
+    if (st.joining && this.refused.has(st.workspace_id)) {
+      intro.append(el("p", { class: "dialog-error join-refused", role: "alert" },
+        el("span", { html: icon("error") }), this.refusedText(st.workspace_id)));
+    }
 
     const sections = [];
     const connected = (st.peers || []).filter((p) => p.state === "connected");
@@ -273,11 +340,13 @@ export class Sync {
       for (const w of joinable) {
         const b = el("button", { type: "button", class: "btn btn-secondary btn-sm", text: "Join",
           "aria-label": `Join ${w.name}` });
+        const needsCode = w.join === "key";
         b.addEventListener("click", () => this.join(w));
         ul.append(el("li", { class: "peer-item" },
           el("div", { class: "peer-main" },
             el("div", { class: "peer-title" }, el("span", { text: w.name }),
-              el("code", { text: w.gh.slice(0, 8), title: "Workspace fingerprint" })),
+              el("code", { text: w.gh.slice(0, 8), title: "Workspace fingerprint" }),
+              needsCode ? el("span", { class: "tag tag-warn", text: "Access code needed" }) : ""),
             el("div", { class: "peer-meta", text: `${w.peers_online} ${w.peers_online === 1
               ? "peer" : "peers"} online` })),
           b));
