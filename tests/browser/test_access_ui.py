@@ -31,6 +31,12 @@ def recovery_chars(text: str) -> str:
     return text.replace("-", "").strip()
 
 
+def no_errors(errors: list[str]) -> None:
+    """The 400s the test provokes on purpose are logged by the browser; nothing else may be."""
+    unexpected = [e for e in errors if not re.search(r"Failed to load resource.* 400", e)]
+    assert not unexpected, unexpected
+
+
 def test_owner_access_codes_and_recovery_key(tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
@@ -108,7 +114,8 @@ def test_owner_access_codes_and_recovery_key(tmp_path: Path) -> None:
             expect(saved).to_contain_text("Whoever has it can take ownership of the workspace.")
             key = saved.get_by_label("Recovery key")
             expect(key).to_have_text(re.compile(r"^[0-9A-Z]{4}(-[0-9A-Z]{4}){12}$"))
-            assert len(recovery_chars(key.inner_text())) == 52
+            shown_key = key.inner_text()
+            assert len(recovery_chars(shown_key)) == 52
             expect(page.locator("#ws-name")).to_have_text("Autumn tour")
             page.screenshot(path="/tmp/ui-access-recovery-key.png")
             saved.get_by_role("button", name="I have saved it").click()
@@ -116,8 +123,8 @@ def test_owner_access_codes_and_recovery_key(tmp_path: Path) -> None:
             current = eng.ok("GET", "/workspace/current")
             assert current["name"] == "Autumn tour"
             stored = (tmp_path / "a" / "secrets" / f"{current['id']}.recovery").read_text()
-            assert lcmod.b32(bytes.fromhex(stored.strip())) == key.inner_text()
-            assert not errors, errors
+            assert lcmod.b32(bytes.fromhex(stored.strip())) == shown_key
+            no_errors(errors)
 
 
 def test_member_recovers_ownership(tmp_path: Path) -> None:
@@ -171,4 +178,4 @@ def test_member_recovers_ownership(tmp_path: Path) -> None:
             expect(access.get_by_role("radio", name=re.compile("^Open"))).to_be_checked()
             lc: Any = b.ok("GET", "/workspace/lifecycle")
             assert lc["is_owner"] is True and lc["recoveries"] == 1
-            assert not errors, errors
+            no_errors(errors)
