@@ -517,8 +517,12 @@ async def join_workspace(node: Node, body: dict[str, Any]) -> dict[str, Any]:
         name = seen[0]["name"]
     if len(seen) == 1:
         node.expected_gh[ws_id] = seen[0]["gh"]  # several: a collision, the handshake decides
-    ws = await blocking.run_sync(node.home.join_workspace, node.ident, ws_id, name or "")
-    ws.close()
+    # a replica still arriving may be joined again (with another access code): it reopens
+    arriving = node.home.read_meta(ws_id).get("state") == "joining" and (
+        node.home.workspace_dir(ws_id) / "oplog.db").exists()
+    if not arriving:
+        ws = await blocking.run_sync(node.home.join_workspace, node.ident, ws_id, name or "")
+        ws.close()
     await node.open_workspace(ws_id)
     if hp is not None:
         node.current.sync.add_manual_peer(*hp)

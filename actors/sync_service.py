@@ -272,10 +272,11 @@ class SyncService:
             self.last_seen[peer.peer_id] = {"peer_id": peer.peer_id, "name": peer.peer_name,
                                             "addr": peer.addr, "code": code,
                                             "at_ms": self.now_ms()}
-        if peer.connected_at is not None:
+        if peer.connected_at is not None or (peer.peer_actor is not None and code != 1000):
+            # also a link refused after hello (e.g. 4004: the join needs an access code)
             self._publish({"type": "sync_peer_disconnected", "peer_id": peer.peer_id,
-                           "code": code, "reason": reason,
-                           "retry_in_s": self._retry_in(peer)})
+                           "code": code, "reason": reason, "connected": peer.connected_at
+                           is not None, "retry_in_s": self._retry_in(peer)})
         self.changed.unpark_all()
 
     def _retry_in(self, peer: SyncPeer) -> float | None:

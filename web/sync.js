@@ -285,8 +285,19 @@ export class Sync {
       ...where.flatMap((a, i) => [i ? ", " : "", el("code", { text: a })])),
       el("p", { class: "muted", text: "In this version everyone who joins can edit." }));
     if (st.joining && this.refused.has(st.workspace_id)) {
+      const ws = st.workspace_id;
       intro.append(el("p", { class: "dialog-error join-refused", role: "alert" },
-        el("span", { html: icon("error") }), this.refusedText(st.workspace_id)));
+        el("span", { html: icon("error") }), this.refusedText(ws)),
+        el("button", {
+          class: "btn", type: "button", text: "Enter another code",
+          onclick: async () => {
+            // joining a workspace that is still arriving again reopens it with the new code
+            if (!await joinWithCodeDialog({ ws, name: st.name || "this workspace" })) return;
+            this.codeGiven.add(ws);
+            this.refused.delete(ws);
+            await this.refresh();
+          },
+        }));
     }
 
     const sections = [];

@@ -81,3 +81,14 @@ async def test_recover_with_a_wrong_secret_is_refused_and_right_one_rotates(api:
     assert lc["is_owner"] is True and lc["recoveries"] == 1
     stale = await api.post("/workspace/recover", {"secret": old})
     assert stale.status_code == 400  # the old secret is no longer the current key
+
+
+async def test_joining_again_while_arriving_takes_a_new_code(api: Api) -> None:
+    other = "01a1fd52-1ba1-7298-90ac-38206d471ffe"
+    first = await api.ok("POST", "/workspace/join", {"id": other, "code": "ABC123"})
+    assert first["state"] == "joining" and api.node.access_codes[other] == "ABC123"
+    again = await api.ok("POST", "/workspace/join", {"id": other, "code": "xyz-789"})
+    assert again["workspace_id"] == other and api.node.access_codes[other] == "XYZ789"
+    assert api.node.current.sync.access_code == "XYZ789"  # the reopened session uses it
+    active = await api.post("/workspace/join", {"id": api.ws_id})
+    assert active.status_code == 400  # an active workspace is not joined twice
