@@ -19,9 +19,6 @@ class Call:
     fn: Callable[[Workspace], Any]
     reply: trio.MemorySendChannel[outcome.Outcome[Any]]
     label: str = ""
-    # wait until the projections applied everything appended before running fn (commands
-    # validate against derived state); remote ingest reads none and pipelines with them
-    derived: bool = True
 
 
 @attrs.frozen

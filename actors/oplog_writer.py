@@ -46,17 +46,13 @@ class OplogWriter:
         # told the new head after each append (the SyncService's fan-out); must not block
         self.listeners: list[Callable[[int], None]] = []
 
-    async def call(self, fn: Callable[[Workspace], T], label: str = "", *,
-                   derived: bool = True) -> T:
-        """Run fn(workspace) on the writer and return its result (or raise its error).
-
-        derived=False: fn reads no derived state (remote ingest), so it need not wait for the
-        projections to catch up first; appending overlaps with projecting."""
+    async def call(self, fn: Callable[[Workspace], T], label: str = "") -> T:
+        """Run fn(workspace) on the writer and return its result (or raise its error)."""
         if self.closing:
             raise ShuttingDown("the node is shutting down; try again after restart")
         reply_send, reply_recv = trio.open_memory_channel[outcome.Outcome[Any]](1)
         try:
-            await self._send.send(Call(fn, reply_send, label, derived))
+            await self._send.send(Call(fn, reply_send, label))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ShuttingDown("the node is shutting down; try again after restart") from None
         async with reply_recv:
@@ -73,10 +69,11 @@ class OplogWriter:
         async with self._recv:
             try:
                 async for msg in self._recv:
-                    if msg.derived:
-                        await self.deriver.wait_applied(self.appended)
-                        if self.conflicts is not None:  # resolutions read conflict state
-                            await self.conflicts.wait_applied(self.appended)
+                    # Waiting for the projections also keeps remote ingest from contending
+                    # with them for the database's write lock (measured: faster overall).
+                    await self.deriver.wait_applied(self.appended)
+                    if self.conflicts is not None:  # resolutions read conflict state
+                        await self.conflicts.wait_applied(self.appended)
                     result = await blocking.run_sync(self._run, msg.fn,
                                                            limiter=self._limiter)
                     head = self.ws.storage.head_seq()

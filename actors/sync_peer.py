@@ -372,8 +372,7 @@ class SyncPeer:
         svc = self.svc
         async with inbox:
             async for msg, checked in inbox:
-                report = await svc.writer.call(partial(_admit, checked=checked, prev=msg.prev),
-                                               derived=False)
+                report = await svc.writer.call(partial(_admit, checked=checked, prev=msg.prev))
                 rejected = [(bid, code) for bid, code, _ in report.rejected]
                 self._send_control(Link.ack_for(msg, svc.local_vc(), len(report.applied),
                                                 len(report.dup), rejected))

@@ -76,7 +76,7 @@ class SyncConfig:
     late_dial_s: float = 15.0
     proof_failures: int = 5  # wrong access-code proofs per IP before a lockout
     lockout_s: float = 60.0  # first lockout; doubles on each further one
-    verify_processes: bool = False  # check big ops messages in two worker processes
+    verify_processes: bool = True  # check big ops messages in two worker processes
 
 
 class Backoff:

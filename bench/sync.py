@@ -20,6 +20,7 @@ Prints ONE JSON object on stdout (progress goes to stderr):
                       event). p50 / p99 over 300 edits. Targets p50 < 20 ms, p99 < 100 ms.
 
 Usage: python bench/sync.py [--scale 1.0] [--dir DIR] [--only catchup|merge|latency]
+                            [--verify-threads]
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ FIELDS = [{"label": n, "type": t} for n, t in [
     ("name", "text"), ("notes", "text"), ("code", "text"), ("qty", "integer"),
     ("price", "float"), ("done", "boolean"), ("due", "date"), ("status", "text")]]
 A_SEED, B_SEED = 11, 12
+VERIFY_PROCESSES = True  # --verify-threads: check ops messages in threads instead of processes
 
 
 def log(msg: str) -> None:
@@ -84,6 +86,7 @@ async def child_main(path: Path, seed: int, target: dict[bytes, bytes] | None) -
     print the time at which this node held it with both projections caught up."""
     hub = EventHub()
     s = Session(path, ident(seed), hub)
+    s.sync.config.verify_processes = VERIFY_PROCESSES
     async with trio.open_nursery() as n:
         await n.start(s.run)
         port = await n.start(s.sync.listen, "127.0.0.1", 0)
@@ -107,6 +110,8 @@ async def _until_holds(s: Session, target: dict[bytes, bytes]) -> None:
 class Child:
     def __init__(self, path: Path, seed: int, target: dict[bytes, bytes] | None = None) -> None:
         args = [sys.executable, __file__, "--child", str(path), "--seed", str(seed)]
+        if not VERIFY_PROCESSES:
+            args.append("--verify-threads")
         if target is not None:
             args += ["--target", json.dumps(vc_hex(target))]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
@@ -126,6 +131,7 @@ async def dial_and_wait(path: Path, seed: int, port: int,
                         target: dict[bytes, bytes]) -> tuple[float, float]:
     """Open this side's session, dial the child, return (t_dial, t_done) in time.time()."""
     s = Session(path, ident(seed), EventHub())
+    s.sync.config.verify_processes = VERIFY_PROCESSES
     async with trio.open_nursery() as n:
         await n.start(s.run)
         t0 = time.time()
@@ -240,7 +246,10 @@ def main() -> int:
     ap.add_argument("--child")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--target")
+    ap.add_argument("--verify-threads", action="store_true")
     args = ap.parse_args()
+    global VERIFY_PROCESSES
+    VERIFY_PROCESSES = not args.verify_threads
     if args.child:
         target = vc_from_hex(json.loads(args.target)) if args.target else None
         trio.run(child_main, Path(args.child), args.seed, target)
@@ -248,6 +257,7 @@ def main() -> int:
     base = Path(args.dir or tempfile.mkdtemp(prefix="openprod-bench-sync-"))
     os.environ.setdefault("OPENPROD_HOME", str(base / "home"))
     out: dict[str, Any] = {"scale": args.scale, "cpus": os.cpu_count(),
+                           "verify_processes": VERIFY_PROCESSES,
                            "python": platform.python_version()}
     try:
         if args.only in (None, "catchup"):
