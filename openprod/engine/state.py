@@ -489,9 +489,11 @@ class StateProjection(ProjectionBase):
             ):
                 if t not in types or bytes(oid) == op.op_id or bytes(bid) in quarantined:
                     continue
-                if kind != "e" and not self._writes_key(kind, key, cbor2.loads(body)["p"]):
+                # the causal check first: it needs no body decode, and concurrent writes (the
+                # common case for a late arrival) fail it
+                if not seen(bytes(h), bytes(actor), self._vc(bytes(bid)), op.hlc, op.actor):
                     continue
-                if seen(bytes(h), bytes(actor), self._vc(bytes(bid)), op.hlc, op.actor):
+                if kind == "e" or self._writes_key(kind, key, cbor2.loads(body)["p"]):
                     return True
         return False
 
