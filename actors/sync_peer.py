@@ -602,9 +602,12 @@ async def check_split(records: list[list[Any]], ws: bytes, check_drift: Any,
         return await blocking.run_sync(check_records, records, ws, check_drift, limiter=limiter)
     half = len(records) // 2
     parts: list[list[Checked]] = [[], []]
+    # while the workers start (a spawn imports the engine: ~0.3 s) threads check the first
+    # messages, so a catch-up never waits for them
+    use_pool = pool is not None and pool.ready()
 
     async def run(i: int, chunk: list[list[Any]]) -> None:
-        if pool is not None:
+        if use_pool and pool is not None:
             parts[i] = await pool.check(chunk, ws, now_ms, max_drift_ms, limiter)
         else:
             parts[i] = await blocking.run_sync(check_records, chunk, ws, check_drift,
@@ -618,17 +621,25 @@ async def check_split(records: list[list[Any]], ws: bytes, check_drift: Any,
 
 class VerifyPool:
     """Two worker processes for bundle checks (spec 03 §6.4: verification over both cores),
-    started on first use and shut down with the SyncService."""
+    started by the first large `ops` message and shut down with the SyncService."""
 
     def __init__(self, workers: int = 2) -> None:
         self.workers = workers
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._warm: list[concurrent.futures.Future[list[Checked]]] = []
 
-    async def check(self, records: list[list[Any]], ws: bytes, now_ms: int,
-                    max_drift_ms: int, limiter: trio.CapacityLimiter) -> list[Checked]:
+    def ready(self) -> bool:
+        """Are the workers up? Starts them (without waiting) the first time it is asked."""
         if self._pool is None:
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._warm = [self._pool.submit(check_records_at, [], b"", 0)
+                          for _ in range(self.workers)]
+        return all(f.done() for f in self._warm)
+
+    async def check(self, records: list[list[Any]], ws: bytes, now_ms: int,
+                    max_drift_ms: int, limiter: trio.CapacityLimiter) -> list[Checked]:
+        assert self._pool is not None, "ask ready() first"
         fut = self._pool.submit(check_records_at, records, ws, now_ms, max_drift_ms)
         result: list[Checked] = await trio.to_thread.run_sync(fut.result, limiter=limiter)
         return result
@@ -637,3 +648,4 @@ class VerifyPool:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+            self._warm = []
