@@ -22,17 +22,20 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 from quart import Response, redirect, request, send_from_directory, websocket
 from quart_trio import QuartTrio
+from trio_websocket import ConnectionClosed, HandshakeError
 from werkzeug.exceptions import HTTPException
 
 from actors import blocking
 from actors.node import Node, lan_addresses
 from actors.overlay_manager import drift_event
+from actors.sync_service import lookup as sync_lookup
 from openprod.core import codec, ids
 from openprod.core.errors import Forbidden, NotFound, OpenprodError, ValidationError
 from openprod.engine import lifecycle as lcmod
 from openprod.engine.views import Views, _read
 from openprod.engine.workspace import Result, Workspace
 from openprod.storage.sqlite import digest_of
+from openprod.sync.messages import ProtocolError
 
 log = logging.getLogger("openprod.api")
 
@@ -45,7 +48,7 @@ STATUS = {
     "unauthorized": 401, "forbidden": 403, "too_large": 413, "method_not_allowed": 405,
     "timeout": 503, "conflict_not_found": 404, "conflict_resolved": 409,
     "stale_conflict_state": 409, "overlay_not_found": 404, "overlay_active": 409,
-    "unresolved_drift": 409,
+    "unresolved_drift": 409, "peer_unreachable": 502,
 }
 
 Handler = Callable[..., Awaitable[Any]]
@@ -286,6 +289,7 @@ async def workspace_lifecycle(node: Node, body: Any) -> dict[str, Any]:
 async def set_join_mode(node: Node, body: dict[str, Any]) -> dict[str, Any]:
     mode = _field(body, "mode", str)
     r = await _command(node, lambda ws: ws.set_join_mode(mode))
+    node.current.sync.advert_changed.set()  # mDNS advertises the new mode
     return _result(r, join_mode=mode)
 
 
@@ -489,14 +493,25 @@ async def sync_rejected(node: Node, body: Any) -> dict[str, Any]:
     return {"rejected": await node.current.writer.call(rows)}
 
 
-@api("/workspace/discover", "GET", "Workspaces advertised on the LAN (mDNS): name, gh, peers")
+@api("/workspace/discover", "GET", "Workspaces advertised on the LAN (mDNS): name, gh, peers; "
+     "with host and port, the workspaces that engine serves (a `list` lookup)",
+     query=("host", "port"))
 async def discover_workspaces(node: Node, body: Any) -> dict[str, Any]:
     net = node.net
     ours = node.session.ws_id if node.session else None
+    here = {x["id"] for x in node.home.list_workspaces()} | ({ours} if ours else set())
+    if request.args.get("host") is not None or request.args.get("port") is not None:
+        host, port = _host_port(dict(request.args), required=True) or ("", 0)
+        try:
+            found = await sync_lookup(host, port)
+        except (OSError, trio.TooSlowError, ConnectionClosed, HandshakeError,
+                ProtocolError) as exc:
+            raise ApiError("peer_unreachable", f"no openprod engine answered at {host}:{port}",
+                           reason=str(exc)[:200]) from None
+        return {"discovery": False, "address": f"{host}:{port}",
+                "workspaces": [{**w, "here": w["ws"] in here} for w in found]}
     return {"discovery": net is not None and net.discovery and node.discovery_error is None,
-            "workspaces": [{**w, "here": w["ws"] == ours or w["ws"] in {
-                x["id"] for x in node.home.list_workspaces()}}
-                for w in node.discovered_workspaces()]}
+            "workspaces": [{**w, "here": w["ws"] in here} for w in node.discovered_workspaces()]}
 
 
 @api("/workspace/join", "POST", "Join a workspace by id (from discovery, or at host:port) and "

@@ -286,10 +286,14 @@ class Node:
                         advertise = sync.genesis is not None
                         if not advertise:
                             n.start_soon(_cancel_when, joined, cs)
+                        # the owner changed the join mode: advertise it (TXT `join`)
+                        sync.advert_changed = trio.Event()
+                        n.start_soon(_cancel_when, sync.advert_changed, cs)
+                        join = (await sync.lifecycle()).join_mode if advertise else "open"
                         gh = sync.genesis.hex()[:16] if sync.genesis else "0" * 16
                         zd = ZeroconfDiscovery(
                             ws=sync.ws, actor=sync.actor, port=sync.port or 0,
-                            wsname=sync.workspace_name(), join="open", gh=gh,
+                            wsname=sync.workspace_name(), join=join, gh=gh,
                             interfaces=net.interfaces, advertise=advertise)
                         try:
                             await zd.run(send.clone())
@@ -301,7 +305,7 @@ class Node:
                             break
                     if not cs.cancelled_caught:
                         break
-                    # joined: restart, now advertising the workspace
+                    # joined, or the join mode changed: advertise anew
                 n.cancel_scope.cancel()
         finally:
             self.lan.clear()

@@ -212,7 +212,7 @@ class SyncPeer:
                 msg = m.decode(await self._frame(), before_auth=True)
                 if isinstance(msg, m.ListWorkspaces) and self.role == "acceptor" and (
                         hs.peer_hello is None):
-                    await self._send_now(svc.directory())
+                    await self._send_now(await svc.directory())
                     return None
                 try:
                     out = hs.receive(msg)

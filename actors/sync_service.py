@@ -130,6 +130,7 @@ class SyncService:
         self.verify_pool = VerifyPool(2)
         self.access_code: str | None = access_code  # a joiner's code for key-mode workspaces
         self._lc_conn: Any = None
+        self.advert_changed = trio.Event()  # set when what mDNS advertises must change
         self.penalties: dict[str, tuple[float, float, int]] = {}  # key → (until, span, code)
         self.lockouts: dict[str, tuple[int, float, float]] = {}  # ip → (fails, until, span)
         self.rng = random.Random()
@@ -165,10 +166,13 @@ class SyncService:
         self.hub.publish(event)
         self.changed.unpark_all()
 
-    def directory(self) -> m.Directory:
-        gh = (self.genesis or bytes(8)).hex()[:16]
+    async def directory(self) -> m.Directory:
+        """The answer to `list`: our workspace, unless it is still arriving here."""
+        if self.genesis is None:
+            return m.Directory(workspaces=[])
+        join = (await self.lifecycle()).join_mode
         return m.Directory(workspaces=[{"ws": self.ws, "name": self.workspace_name(),
-                                        "join": "open", "gh": gh}])
+                                        "join": join, "gh": self.genesis.hex()[:16]}])
 
     def workspace_name(self) -> str:
         for (v,) in self.session.ws.storage.conn.execute(
@@ -558,3 +562,33 @@ class SyncService:
                 "peers": peers, "manual_peers": list(self.manual_peers),
                 "discovered": list(self.discovered.values()),
                 "last_seen": [v for k, v in self.last_seen.items() if k not in linked]}
+
+
+async def request_directory(conn: WebSocketConnection,
+                            timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Ask a peer which workspaces it serves (`list` → `directory`, spec 03 §4 Manual). The
+    peer opens with its `hello` (both sides of a link do): skip it."""
+    with trio.fail_after(timeout):
+        await conn.send_message(m.encode(m.ListWorkspaces()))
+        for _ in range(2):
+            frame = await conn.get_message()
+            if not isinstance(frame, bytes):
+                raise m.ProtocolError(m.CLOSE_PROTOCOL, "text frames are not part of the "
+                                      "protocol")
+            msg = m.decode(frame, before_auth=True, pre_auth=m.PRE_AUTH | {"directory"})
+            if isinstance(msg, m.Directory):
+                return [{"ws": ids.to_text(w["ws"]), "name": w["name"], "join": w["join"],
+                         "gh": w["gh"]} for w in msg.workspaces]
+            if not isinstance(msg, m.Hello):
+                break
+    raise m.ProtocolError(m.CLOSE_PROTOCOL, f"expected a directory, got {msg.T}")
+
+
+async def lookup(host: str, port: int, *, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The workspaces served at host:port (for joining by address)."""
+    url = f"ws://{host}:{port}{RESOURCE}"
+    async with trio_websocket.open_websocket_url(
+            url, subprotocols=[m.SUBPROTOCOL], message_queue_size=1,
+            max_message_size=m.MAX_PRE_AUTH_SIZE * 16, connect_timeout=timeout,
+            disconnect_timeout=2) as conn:
+        return await request_directory(conn, timeout)

@@ -303,3 +303,30 @@ async def test_join_over_loopback_turns_active(pair: tuple[Node, Node]) -> None:
     assert status["genesis"] == a.current.sync.genesis.hex()[:16]  # type: ignore[union-attr]
     assert [p["peer_id"] for p in status["peers"]] == [a.ident.actor.hex()]
     assert status["manual_peers"][0]["state"] == "connected"
+
+
+async def test_discover_at_an_address_lists_what_that_engine_serves(
+        pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    port = a.current.sync.port
+    client = create_app(b).test_client()
+    headers = {"Host": HOST, "Authorization": "Bearer t0ken"}
+    resp = await client.get(f"/workspace/discover?host=127.0.0.1&port={port}", headers=headers)
+    data = await resp.get_json()
+    assert resp.status_code == 200, data
+    assert data["address"] == f"127.0.0.1:{port}"
+    (w,) = data["workspaces"]
+    assert w["ws"] == a.current.ws_id and w["join"] == "open" and w["here"] is False
+    assert w["gh"] == a.current.sync.genesis.hex()[:16]  # type: ignore[union-attr]
+    # the owner switches to access codes: the directory says so
+    await a.current.writer.call(lambda ws: ws.set_join_mode("key"))
+    await a.current.deriver.wait_applied(a.current.writer.appended)
+    resp = await client.get(f"/workspace/discover?host=127.0.0.1&port={port}", headers=headers)
+    assert (await resp.get_json())["workspaces"][0]["join"] == "key"
+    # nothing listening there, and a malformed address
+    resp = await client.get(f"/workspace/discover?host=127.0.0.1&port={CLOSED_PORT}",
+                            headers=headers)
+    assert resp.status_code == 502
+    assert (await resp.get_json())["error"]["code"] == "peer_unreachable"
+    resp = await client.get("/workspace/discover?host=127.0.0.1&port=x", headers=headers)
+    assert resp.status_code == 400
