@@ -157,7 +157,9 @@ export function joinWithCodeDialog(w) {
     help: "This workspace needs an access code: ask its owner for one. It is 6 letters and " +
       "digits; the dash is optional.",
     submitLabel: "Join", busyLabel: "Joining…",
-    run: (code) => api.post("/workspace/join", { id: w.ws, code }),
+    // joined by address (a `list` lookup): that engine is also added as a peer
+    run: (code) => api.post("/workspace/join", { id: w.ws, code, ...(w.host
+      ? { host: w.host, port: w.port } : {}) }),
     explain: (err) => err.status === 400 && err.details && err.details.field === "code"
       ? `That is not an access code: ${err.message}.` : err.message || String(err),
   });

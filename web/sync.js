@@ -67,6 +67,7 @@ export class Sync {
     this.ctx = ctx;
     this.status = null;
     this.discovered = [];
+    this.lookedUp = null; // workspaces found at an address typed in the panel
     this.panel = null;
     this.refresh = coalesced(() => this.load());
     this.codeGiven = new Set(); // workspaces joined with an access code from this page
@@ -176,14 +177,18 @@ export class Sync {
     });
     const error = el("p", { class: "dialog-error", role: "alert", hidden: true });
     const add = el("button", { type: "submit", class: "btn btn-primary", text: "Add peer" });
+    const lookup = el("button", { type: "button", class: "btn btn-secondary",
+      text: "Workspaces there" });
+    lookup.addEventListener("click", () => this.lookUp(input.value).catch(() => {}));
     const form = el("form", { class: "add-peer", novalidate: true },
       el("label", { class: "label", for: "add-peer-input", text: "Add peer by address" }),
-      el("div", { class: "add-peer-row" }, input, add),
+      el("div", { class: "add-peer-row" }, input, add, lookup),
       el("p", {
         id: "add-peer-help", class: "muted help",
         text: "Use this when computers don't find each other automatically (e.g. multicast " +
           "is blocked). Give the other computer's address and its sync port; it is " +
-          "retried until you remove it.",
+          "retried until you remove it. \u201cWorkspaces there\u201d lists what that " +
+          "computer serves, to join one.",
       }),
       error);
     const intro = el("div", { class: "panel-intro" });
@@ -234,6 +239,32 @@ export class Sync {
     }
   }
 
+  /** Ask the engine at host:port which workspace it serves (GET /workspace/discover?host&port),
+   * to join one where discovery does not reach. */
+  async lookUp(text) {
+    if (!this.panel) return;
+    this.panel.error.hidden = true;
+    let addr;
+    try {
+      addr = parseAddress(text);
+    } catch (err) {
+      this.showError(err.message);
+      return;
+    }
+    try {
+      const q = new URLSearchParams({ host: addr.host, port: String(addr.port) });
+      const r = await api.get(`/workspace/discover?${q}`);
+      this.lookedUp = { address: r.address, workspaces: (r.workspaces || []).map(
+        (w) => ({ ...w, host: addr.host, port: addr.port })) };
+      if (!this.lookedUp.workspaces.length) {
+        this.showError(`The engine at ${r.address} has no workspace to join yet.`);
+      }
+      this.renderPanel();
+    } catch (err) {
+      this.showError(err.message || String(err));
+    }
+  }
+
   async removePeer(p) {
     try {
       await api.del("/sync/peers", { host: p.host, port: p.port });
@@ -252,7 +283,8 @@ export class Sync {
         if (!await joinWithCodeDialog(w)) return;
         this.codeGiven.add(w.ws);
       } else {
-        await api.post("/workspace/join", { id: w.ws });
+        await api.post("/workspace/join", { id: w.ws, ...(w.host
+          ? { host: w.host, port: w.port } : {}) });
       }
       if (this.panel) this.panel.modal.close(null);
       toast(`Joining “${w.name}”… tables fill in as data arrives.`);
@@ -344,7 +376,8 @@ export class Sync {
       sections.push(ul);
     }
 
-    const joinable = this.discovered.filter((w) => !w.here);
+    const byAddress = this.lookedUp ? this.lookedUp.workspaces.filter((w) => !w.here) : [];
+    const joinable = [...byAddress, ...this.discovered.filter((w) => !w.here)];
     if (joinable.length) {
       sections.push(el("h3", { class: "label", text: "Other workspaces on this network" }));
       const ul = el("ul", { class: "peer-list", "aria-label": "Workspaces on this network" });
@@ -358,8 +391,8 @@ export class Sync {
             el("div", { class: "peer-title" }, el("span", { text: w.name }),
               el("code", { text: w.gh.slice(0, 8), title: "Workspace fingerprint" }),
               needsCode ? el("span", { class: "tag tag-warn", text: "Access code needed" }) : ""),
-            el("div", { class: "peer-meta", text: `${w.peers_online} ${w.peers_online === 1
-              ? "peer" : "peers"} online` })),
+            el("div", { class: "peer-meta", text: w.host ? `at ${w.host}:${w.port}`
+              : `${w.peers_online} ${w.peers_online === 1 ? "peer" : "peers"} online` })),
           b));
       }
       sections.push(ul);

@@ -119,3 +119,32 @@ def test_sync_between_two_engines(tmp_path: Path) -> None:
             page_b.screenshot(path="/tmp/ui-sync-removed.png")
             assert b.ok("GET", "/sync/peers")["manual_peers"] == []
             assert not errors, errors
+
+
+def test_join_a_workspace_by_address_from_the_panel(tmp_path: Path) -> None:
+    """Where discovery does not reach: B types A's sync address, looks up what A serves and
+    joins it from the peers panel; A's data appears in B's grid."""
+    from playwright.sync_api import expect
+
+    with serve(tmp_path / "a", tmp_path / "a.log", ["--name", "Alex", *LINK]) as url_a, \
+            serve(tmp_path / "b", tmp_path / "b.log", ["--name", "Jordan", *LINK]) as url_b:
+        a = Engine(url_a)
+        table = a.ok("POST", "/tables/create", {"label": "Crew", "fields": [
+            {"label": "Name"}]})["table"]
+        a.ok("POST", "/records/create", {"table": table, "values": {"Name": "Grace"}})
+        port = a.ok("GET", "/sync/status")["port"]
+
+        with chromium() as browser:
+            errors: list[str] = []
+            page = open_page(browser, url_b, errors)
+            page.locator("#sync-status").click()
+            page.get_by_label("Add peer by address").fill(f"127.0.0.1:{port}")
+            page.get_by_role("button", name="Workspaces there").click()
+            item = page.get_by_role("list", name="Workspaces on this network")
+            expect(item).to_contain_text(f"at 127.0.0.1:{port}")
+            item.get_by_role("button", name=re.compile("^Join ")).click()
+            expect(page.locator("#sync-status")).to_have_text("Connected · 1 peer",
+                                                              timeout=30_000)
+            expect(page.locator("#table-title")).to_have_text("Crew")
+            expect(cell(page, 0, "Name")).to_have_text("Grace")
+            assert errors == [], errors
