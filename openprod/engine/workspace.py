@@ -33,6 +33,7 @@ from openprod.engine import crdt, fracindex
 from openprod.engine import fork as forkmod
 from openprod.engine import lifecycle as lcmod
 from openprod.engine import overlays as ovmod
+from openprod.engine import query as querymod
 from openprod.engine import undo as undomod
 from openprod.engine.conflicts import (
     ConflictAlreadyResolved,
@@ -1671,6 +1672,25 @@ class Workspace:
                                   for k, v in sorted((getattr(p, "props", None) or {}).items())},
                         "staged": True})
         return out
+
+    def query(self, q: Mapping[str, Any], *, canonical: bool = False) -> list[str]:
+        """Ids (as text) of the records a V1 query (spec 04 §5) matches, read through
+        list_records/list_edges so values are the displayed ones; with an overlay active (and
+        not canonical), in canonical + that overlay (spec 02 §2.5)."""
+        checked = querymod.check(q, self.views)
+        self._conflicts_now()
+        ov = None if canonical else self._ov_state()
+
+        def live(e: bytes) -> bool:
+            if ov is not None and e in ov.deleted:
+                return False
+            return (ov is not None and e in ov.created) or self.views.is_live(e)
+
+        reader = querymod.RecordReader(
+            lambda f: self.list_records(f, canonical=canonical),
+            lambda t: self.list_edges(etype=t, canonical=canonical),
+            live, self.proj.resolve)
+        return querymod.as_text(querymod.run(checked, reader))
 
 
 def _ends(p: O.Payload) -> tuple[bytes | None, bytes | None]:
