@@ -218,17 +218,22 @@ export class Sync {
     error.hidden = false;
   }
 
-  async addPeer(text) {
-    if (!this.panel) return;
+  /** The address typed in the panel, or null after explaining what is wrong with it. */
+  typedAddress(text) {
+    if (!this.panel) return null;
     this.panel.error.hidden = true;
-    let addr;
     try {
-      addr = parseAddress(text);
+      return parseAddress(text);
     } catch (err) {
       this.showError(err.message);
       this.panel.input.focus();
-      return;
+      return null;
     }
+  }
+
+  async addPeer(text) {
+    const addr = this.typedAddress(text);
+    if (!addr) return;
     try {
       await api.post("/sync/peers", addr);
       this.panel.input.value = "";
@@ -242,15 +247,8 @@ export class Sync {
   /** Ask the engine at host:port which workspace it serves (GET /workspace/discover?host&port),
    * to join one where discovery does not reach. */
   async lookUp(text) {
-    if (!this.panel) return;
-    this.panel.error.hidden = true;
-    let addr;
-    try {
-      addr = parseAddress(text);
-    } catch (err) {
-      this.showError(err.message);
-      return;
-    }
+    const addr = this.typedAddress(text);
+    if (!addr) return;
     try {
       const q = new URLSearchParams({ host: addr.host, port: String(addr.port) });
       const r = await api.get(`/workspace/discover?${q}`);

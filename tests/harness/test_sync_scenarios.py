@@ -45,6 +45,16 @@ async def shared_task(net: TestNetwork, *peers: Peer) -> tuple[str, str]:
     return t, e
 
 
+async def concurrent_names(net: TestNetwork, a: Peer, b: Peer, t: str, e: str) -> None:
+    """Offline, A then B (clock ahead) set E's name to "a" and "b"; then link and sync."""
+    a.clock.advance(10)
+    b.clock.advance(20)
+    await a.update_record(e, t, {"name": "a"})
+    await b.update_record(e, t, {"name": "b"})
+    await net.connect(a, b)
+    await net.wait_for_sync()
+
+
 def link(net: TestNetwork, p: Peer, other: Peer) -> SyncPeer:
     """p's live SyncPeer toward `other`."""
     return net.sync_of(p).links[bytes.fromhex(other.actor_id)]
@@ -483,12 +493,7 @@ async def test_c1_concurrent_same_field_edit_one_conflict_over_a_link(
         network: TestNetwork, autojump_clock: trio.testing.MockClock) -> None:
     a, b = await network.add_peer("a"), await network.add_peer("b")
     t, e = await shared_task(network, a, b)
-    a.clock.advance(10)
-    b.clock.advance(20)
-    await a.update_record(e, t, {"name": "a"})
-    await b.update_record(e, t, {"name": "b"})
-    await network.connect(a, b)
-    await network.wait_for_sync()
+    await concurrent_names(network, a, b, t, e)
     await network.assert_converged()
     ca, cb = await conflicts_of([a, b])
     assert ca == cb
@@ -541,12 +546,7 @@ async def test_c11_concurrent_resolutions_earlier_wins_everywhere(
         network: TestNetwork, autojump_clock: trio.testing.MockClock) -> None:
     a, b = await network.add_peer("a"), await network.add_peer("b")
     t, e = await shared_task(network, a, b)
-    a.clock.advance(10)
-    b.clock.advance(20)
-    await a.update_record(e, t, {"name": "a"})
-    await b.update_record(e, t, {"name": "b"})
-    await network.connect(a, b)
-    await network.wait_for_sync()
+    await concurrent_names(network, a, b, t, e)
     (c,) = await a.list_conflicts()
     await network.disconnect(a, b)
     a.clock.advance(10)
