@@ -20,7 +20,7 @@ import trio
 
 from actors import blocking
 from actors.events import EventHub
-from actors.follower import Follower
+from actors.projection_actor import ProjectionActor
 from openprod.core import codec, ids, values
 from openprod.core import hlc as hlcmod
 from openprod.engine.conflicts import ConflictProjection
@@ -31,39 +31,21 @@ from openprod.storage import db
 T = TypeVar("T")
 
 
-class ConflictManager:
+class ConflictManager(ProjectionActor[ConflictProjection, tuple[list[dict[str, Any]], int]]):
     def __init__(self, oplog_path: Path, hub: EventHub) -> None:
-        self.proj = ConflictProjection(db.connect(oplog_path, synchronous="NORMAL"))
-        self.hub = hub
-        self._limiter = trio.CapacityLimiter(1)
         # woken after the StateDeriver applied new ops; listeners (the OverlayManager) hear each
         # applied seq after its events
-        self.follow = Follower(self.proj.checkpoint)
-        self.notify = self.follow.notify
-        self.wait_applied = self.follow.wait
-        self.listeners = self.follow.listeners
-
-    @property
-    def applied(self) -> int:
-        return self.follow.done
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-                  ) -> None:
-        task_status.started()
-        try:
-            while True:
-                await self.follow.next()
-                events, seq = await blocking.run_sync(self._catch_up,
-                                                            limiter=self._limiter)
-                for ev in events:  # the transaction has committed
-                    self.hub.publish({**ev, "seq": seq})
-                self.follow.advance(seq)
-        finally:
-            self.proj.conn.close()
+        super().__init__(ConflictProjection(db.connect(oplog_path, synchronous="NORMAL")), hub)
 
     def _catch_up(self) -> tuple[list[dict[str, Any]], int]:
         events = self.proj.catch_up()
         return events, self.proj.checkpoint
+
+    def _publish(self, result: tuple[list[dict[str, Any]], int]) -> int:
+        events, seq = result
+        for ev in events:
+            self.hub.publish({**ev, "seq": seq})
+        return seq
 
 
 class ConflictReader:

@@ -10,45 +10,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import trio
-
 from actors import blocking
 from actors.events import EventHub
-from actors.follower import Follower
+from actors.projection_actor import ProjectionActor
 from openprod.core import ids
 from openprod.engine.state import StateProjection
 from openprod.engine.statehash import compute as compute_state_hash
 from openprod.storage import db
 
 
-class StateDeriver:
+class StateDeriver(ProjectionActor[StateProjection, dict[str, Any]]):
     def __init__(self, oplog_path: Path, hub: EventHub) -> None:
-        self.proj = StateProjection(db.connect(oplog_path, synchronous="NORMAL"))
-        self.proj.track_changes = True
-        self.hub = hub
-        self._limiter = trio.CapacityLimiter(1)
+        proj = StateProjection(db.connect(oplog_path, synchronous="NORMAL"))
+        proj.track_changes = True
         # notified by the writer after each append; listeners (the ConflictManager) hear each
         # applied seq after its events
-        self.follow = Follower(self.proj.checkpoint)
-        self.notify = self.follow.notify
-        self.wait_applied = self.follow.wait
-        self.listeners = self.follow.listeners
-
-    @property
-    def applied(self) -> int:
-        return self.follow.done
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-                  ) -> None:
-        task_status.started()
-        try:
-            while True:
-                await self.follow.next()
-                changes = await blocking.run_sync(self._catch_up, limiter=self._limiter)
-                self._publish(changes)  # after the commit, before waiters resume
-                self.follow.advance(changes["seq"])
-        finally:
-            self.proj.conn.close()
+        super().__init__(proj, hub)
 
     def _catch_up(self) -> dict[str, Any]:
         proj = self.proj
@@ -69,16 +46,17 @@ class StateDeriver:
         return {"seq": seq, "tables": proj.schema_changed, "by_table": by_table,
                 "replayed": proj.replays != replays}
 
-    def _publish(self, ch: dict[str, Any]) -> None:
-        seq = ch["seq"]
+    def _publish(self, ch: dict[str, Any]) -> int:
+        seq: int = ch["seq"]
         if ch["replayed"]:
             self.hub.publish({"type": "resync", "seq": seq})
-            return
+            return seq
         if ch["tables"]:
             self.hub.publish({"type": "tables_changed", "seq": seq})
         for table, entity_ids in sorted(ch["by_table"].items()):
             self.hub.publish({"type": "records_changed", "table": table,
                               "entity_ids": sorted(entity_ids), "seq": seq})
+        return seq
 
     async def state(self, oplog_digest_of: Any) -> dict[str, Any]:
         """The state hash at the current head (computed once the projection reached it)."""
