@@ -49,6 +49,7 @@ STATUS = {
     "timeout": 503, "conflict_not_found": 404, "conflict_resolved": 409,
     "stale_conflict_state": 409, "overlay_not_found": 404, "overlay_active": 409,
     "unresolved_drift": 409, "peer_unreachable": 502,
+    "module_not_installed": 404, "module_version_conflict": 409,
 }
 
 Handler = Callable[..., Awaitable[Any]]
@@ -955,6 +956,11 @@ def openapi() -> dict[str, Any]:
                                        "parameters": [{"name": "path", "in": "path",
                                                        "required": True, "schema": STR}],
                                        "responses": {"200": {"description": "a file"}}}}
+    paths["/m/{id}/{version}/views/{file}"] = {"get": {
+        "summary": "A file of an installed module's views (read-only, spec 04 §4)",
+        "security": [], "parameters": [{"name": n, "in": "path", "required": True,
+                                        "schema": STR} for n in ("id", "version", "file")],
+        "responses": {"200": {"description": "a file"}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "openprod engine API", "version": "1",
@@ -1002,7 +1008,9 @@ def create_app(node: Node) -> QuartTrio:
     @app.before_request
     async def guard() -> None:
         check_origin(request.headers, request.headers.get("Host", ""))
-        if request.path in open_paths or request.path.startswith("/static/"):
+        # module views load into sandboxed iframes, which cannot present the token; they
+        # are the read-only files of packages this user installed (Host is still checked)
+        if request.path in open_paths or request.path.startswith(("/static/", "/m/")):
             return
         if not authorized(request.headers, request.cookies):
             raise ApiError("unauthorized", "missing or wrong launch token; open the URL that "
@@ -1041,6 +1049,10 @@ def create_app(node: Node) -> QuartTrio:
     @app.route("/static/<path:path>")
     async def static_file(path: str) -> Any:
         return await send_from_directory(WEB_DIR, path)
+
+    @app.route("/m/<id>/<version>/views/<path:file>")
+    async def module_view(id: str, version: str, file: str) -> Response:
+        return await serve_view(node, id, version, file)
 
     @app.route("/api/openapi.json")
     async def openapi_doc() -> Response:
@@ -1143,4 +1155,9 @@ async def serve_api(node: Node, host: str, port: int, *,
         task_status.started([url.replace("0.0.0.0", "127.0.0.1")])
 
 
-__all__ = ["ROUTES", "NotFound", "create_app", "openapi", "serve_api"]
+# The module and field-mapping routes live in their own module; importing it registers them in
+# ROUTES (it imports this module's helpers, hence the import at the end).
+from actors import api_modules  # noqa: E402
+from actors.api_modules import serve_view  # noqa: E402
+
+__all__ = ["ROUTES", "NotFound", "api_modules", "create_app", "openapi", "serve_api"]

@@ -2,7 +2,8 @@
 
 Layout (spec 03 §2): `<home>/identity.json` (0600), `<home>/engine.lock`, `<home>/api-token`
 (0600, this launch's token), `<home>/workspaces/<ws>/` (0700) holding `workspace.toml` and
-`oplog.db`, and `<home>/node.json` remembering the last opened workspace.
+`oplog.db`, `<home>/node.json` remembering the last opened workspace, and
+`<home>/modules/<id>/<version>/`, this user's module install store (actors.module_store).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from actors.module_store import ModuleStore
 from openprod.core import hlc as hlcmod
 from openprod.core import identity as identmod
 from openprod.core import ids
 from openprod.core.errors import NotFound, OpenprodError, ValidationError
+from openprod.engine.manifest import Package
 from openprod.engine.workspace import OPLOG_FILE, Workspace
 
 
@@ -94,6 +97,19 @@ class Home:
 
     def read_token(self) -> str:
         return (self.path / "api-token").read_text().strip()
+
+    # --- modules (spec 04 §4: install is per user, no ops) -------------------------------------
+    @property
+    def modules(self) -> ModuleStore:
+        return ModuleStore(self.path / "modules")
+
+    def install_module(self, path: Path) -> Package:
+        """Validate a package folder or `.zip` and copy it to `modules/<id>/<version>/`
+        atomically; the same version again is a no-op. Raises ManifestError (every problem)."""
+        return self.modules.install(path)[0]
+
+    def installed_modules(self) -> list[dict[str, Any]]:
+        return self.modules.installed()
 
     # --- workspaces --------------------------------------------------------------------------
     def workspace_dir(self, ws_id: str) -> Path:

@@ -32,6 +32,7 @@ from openprod.core.identity import Identity
 from openprod.engine import crdt, fracindex
 from openprod.engine import fork as forkmod
 from openprod.engine import lifecycle as lcmod
+from openprod.engine import modules as modmod
 from openprod.engine import overlays as ovmod
 from openprod.engine import query as querymod
 from openprod.engine import undo as undomod
@@ -45,6 +46,7 @@ from openprod.engine.conflicts import (
     prop_skey,
     raw_ids,
 )
+from openprod.engine.manifest import Package
 from openprod.engine.state import StateProjection
 from openprod.engine.statehash import compute as compute_state_hash
 from openprod.engine.views import FieldDef, TableDef, Views, _read
@@ -729,8 +731,9 @@ class Workspace:
         if da is None or dbf is None:
             raise NotFound("both fields must exist", key_a=a, key_b=b)
         if da.ftype != dbf.ftype or da.crdt or dbf.crdt:
-            raise ValidationError("mapped fields must have the same type and not be CRDT",
-                                  key_a=a, key_b=b)
+            # derivation would make the op inert (spec 01 §5): refuse it instead
+            raise modmod.TypeMismatch("mapped fields must have the same type and not be CRDT",
+                                      key_a=a, key_b=b, type_a=da.ftype, type_b=dbf.ftype)
         return fa, na, fb, nb
 
     def confirm_mapping(self, key_a: str, key_b: str) -> Result:
@@ -740,6 +743,19 @@ class Workspace:
     def reject_mapping(self, key_a: str, key_b: str) -> Result:
         return self._commit("user", [O.RejectFieldMapping(*self._mapping_pair(key_a, key_b))],
                             push_undo=False)
+
+    def mapping_suggestions(self) -> list[dict[str, Any]]:
+        """Field pairs with equal module `shared_key`s still to decide (spec 04 §4)."""
+        return modmod.suggestions(self.views)
+
+    # --- modules (spec 04 §4; the package was validated by openprod.engine.manifest) ----------
+    def adopt_module(self, pkg: Package) -> Result:
+        """One `schema` bundle defining the package's tables, fields and edge types plus its
+        `module` config document. The same version again appends nothing (`bundle_id` None);
+        a downgrade or a version that is not a pure superset raises SchemaChangeUnsupported."""
+        if not modmod.check_adoptable(pkg, self.views):
+            return Result(self.storage.head_seq(), None)
+        return self._commit("schema", modmod.adoption_payloads(pkg), push_undo=False)
 
     def put_config(self, ns: str, key: str, value: Any) -> Result:
         return self._commit("user", [O.PutConfig(ns, key, value)], push_undo=False)
