@@ -37,7 +37,10 @@ Prints ONE JSON object on stdout (progress goes to stderr):
                     B's bundles are made once and the same ones go to every run; the two runs
                     are repeated --repeat times (default 3), interleaved; medians reported.
 
-Usage: python bench/core.py [--scale 0.1] [--chunk 500] [--dir DIR] [--only core|conflicts]
+  modules           (issue 6) validate (load_package) and adopt a module of 10 tables x 20 fields
+                    into a fresh workspace (one schema bundle, projected): medians in ms.
+
+Usage: python bench/core.py [--scale 0.1] [--chunk 500] [--dir DIR] [--only core|conflicts|modules]
                           [--repeat 3]
        (--scale 0.1 runs every phase at 10 %; the default is full size. --only conflicts runs
        just the conflict benchmark; its figures are under the key "conflicts".)
@@ -364,8 +367,9 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--chunk", type=int, default=500, help="bundles per ingest call")
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
-    ap.add_argument("--only", choices=("core", "conflicts"), default=None,
-                    help="run one part: core (local/ingest/replay) or conflicts (issue 4)")
+    ap.add_argument("--only", choices=("core", "conflicts", "modules"), default=None,
+                    help="run one part: core (local/ingest/replay), conflicts (issue 4) or "
+                         "modules (issue 6)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="conflict / conflict-free ingest runs each (median reported)")
     ap.add_argument("--replay-only", type=Path, default=None, help=argparse.SUPPRESS)
@@ -378,12 +382,50 @@ def main() -> int:
         out: dict[str, Any] = {"python": platform.python_version(), "scale": args.scale,
                                "cpus": os.cpu_count(),
                                "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
-        if args.only != "conflicts":
+        if args.only in (None, "core"):
             out.update(run_core(base, args))
-        if args.only != "core":
+        if args.only in (None, "conflicts"):
             out["conflicts"] = phase_conflicts(base, args.scale, args.chunk, args.repeat)
+        if args.only in (None, "modules"):
+            out["modules"] = phase_modules(base, args.repeat)
     print(json.dumps(out))
     return 0
+
+
+def wide_module(path: Path, tables: int = 10, fields: int = 20) -> Path:
+    """A module package with `tables` tables of `fields` fields each (types cycled)."""
+    types = ["text", "integer", "float", "boolean", "date", "datetime", "duration"]
+    lines = ['manifest_version = 1', '[module]', 'id = "wide"', 'version = "1.0.0"',
+             'name = "Wide"']
+    for t in range(tables):
+        lines.append(f"[tables.T{t}.fields]")
+        lines += [f'f{f} = {{ type = "{types[f % len(types)]}" }}' for f in range(fields)]
+    path.mkdir(parents=True)
+    (path / "module.toml").write_text("\n".join(lines) + "\n")
+    return path
+
+
+def phase_modules(base: Path, repeat: int) -> dict[str, Any]:
+    """(issue 6) Adopt a module of 10 tables x 20 fields into a fresh workspace: validation
+    (load_package) and adoption (one schema bundle, projected), each timed; medians."""
+    from openprod.engine.manifest import load_package
+
+    pkg_dir = wide_module(base / "wide-module")
+    load_ms, adopt_ms = [], []
+    for i in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        pkg = load_package(pkg_dir)
+        load_ms.append((time.perf_counter() - t0) * 1000)
+        ws = Workspace.create(base / f"modules-{i}", Identity.from_seed(bytes([40 + i]) * 32),
+                              "bench")
+        t0 = time.perf_counter()
+        ws.adopt_module(pkg)
+        adopt_ms.append((time.perf_counter() - t0) * 1000)
+        assert len(ws.list_tables()) == 10
+        ws.close()
+    return {"module_tables": 10, "module_fields_per_table": 20,
+            "validate_ms": round(statistics.median(load_ms), 1),
+            "adopt_ms": round(statistics.median(adopt_ms), 1)}
 
 
 def run_core(base: Path, args: argparse.Namespace) -> dict[str, Any]:
