@@ -143,6 +143,7 @@ class SyncPeer:
         self.out_remaining = 0
         self._conn: Any = None  # the link's reader connection (sessions, snapshots)
         self._partial: tuple[m.Ops, list[Any], int] | None = None
+        self.dialer: dict[str, Any] | None = None  # the SyncService dialer that made this link
 
     # --- public view -------------------------------------------------------------------------
 

@@ -276,18 +276,18 @@ class SyncService:
             self.last_seen[peer.peer_id] = {"peer_id": peer.peer_id, "name": peer.peer_name,
                                             "addr": peer.addr, "code": code,
                                             "at_ms": self.now_ms()}
+        if peer.dialer is not None and peer.peer_actor is not None:
+            peer.dialer["actor"] = peer.peer_actor  # a dialer never doubles an inbound link
         if peer.connected_at is not None or (peer.peer_actor is not None and code != 1000):
             # also a link refused after hello (e.g. 4004: the join needs an access code)
-            self._publish({"type": "sync_peer_disconnected", "peer_id": peer.peer_id,
-                           "code": code, "reason": reason, "connected": peer.connected_at
-                           is not None, "retry_in_s": self._retry_in(peer)})
+            event = {"type": "sync_peer_disconnected", "peer_id": peer.peer_id, "code": code,
+                     "reason": reason, "connected": peer.connected_at is not None,
+                     "retry_in_s": None}
+            if peer.dialer is not None:
+                peer.dialer["closed_event"] = event  # published with the backoff it chose
+            else:
+                self._publish(event)
         self.changed.unpark_all()
-
-    def _retry_in(self, peer: SyncPeer) -> float | None:
-        for d in self.dialers.values():
-            if d.get("peer") is peer:
-                return None  # the dialer decides once the link is gone
-        return None
 
     def _new_bundles(self, source: SyncPeer) -> None:
         self._sources.add(source)
@@ -312,8 +312,9 @@ class SyncService:
     # --- links -------------------------------------------------------------------------------
 
     async def run_link(self, conn: WebSocketConnection, role: Role, addr: str,
-                       via: str) -> int:
+                       via: str, dialer: dict[str, Any] | None = None) -> int:
         peer = SyncPeer(self, conn, role, addr, via)
+        peer.dialer = dialer
         self.pending.add(peer)
         try:
             return await peer.run()
@@ -363,7 +364,8 @@ class SyncService:
             self.port = server.port
             task_status.started(server.port)
 
-    async def dial(self, host: str, port: int, via: str = "manual") -> int:
+    async def dial(self, host: str, port: int, via: str = "manual",
+                   dialer: dict[str, Any] | None = None) -> int:
         """One dial of `ws://host:port/openprod/sync`; returns the link's close code."""
         url = f"ws://{host}:{port}{RESOURCE}"
         try:
@@ -372,7 +374,7 @@ class SyncService:
                     max_message_size=self.config.max_message,
                     connect_timeout=self.config.connect_timeout_s,
                     disconnect_timeout=2) as conn:
-                return await self.run_link(conn, "dialer", f"{host}:{port}", via)
+                return await self.run_link(conn, "dialer", f"{host}:{port}", via, dialer)
         except (OSError, trio_websocket.HandshakeError, trio.TooSlowError,
                 trio_websocket.ConnectionClosed) as exc:
             log.info("dial %s failed: %s", url, exc)
@@ -406,11 +408,14 @@ class SyncService:
                         continue
                     info["state"] = "connecting"
                     started = trio.current_time()
-                    code = await self.dial(info["host"], info["port"], info["via"])
+                    code = await self.dial(info["host"], info["port"], info["via"], info)
                     wait = backoff.next(code, trio.current_time() - started)
                     info["state"] = "backoff"
                     info["last_code"] = code
                     info["retry_at_ms"] = self.now_ms() + int(wait * 1000)
+                    event = info.pop("closed_event", None)
+                    if event is not None:
+                        self._publish({**event, "retry_in_s": round(wait, 1)})
                     self.changed.unpark_all()
                     await trio.sleep(wait)
         finally:

@@ -24,6 +24,7 @@ from actors.home import Home
 from actors.node import NetConfig, Node
 from openprod.core import ids
 from openprod.sync import discovery as disc
+from openprod.sync import messages as m
 from tests.api.conftest import HOST, Api, error_of
 
 HEX16 = re.compile(r"[0-9a-f]{16}")
@@ -330,3 +331,28 @@ async def test_discover_at_an_address_lists_what_that_engine_serves(
     assert (await resp.get_json())["error"]["code"] == "peer_unreachable"
     resp = await client.get("/workspace/discover?host=127.0.0.1&port=x", headers=headers)
     assert resp.status_code == 400
+
+
+async def test_a_dialed_link_that_drops_reports_when_it_retries(
+        pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    port = a.current.sync.port
+    client = create_app(b).test_client()
+    headers = {"Host": HOST, "Authorization": "Bearer t0ken"}
+    sub, _ = b.hub.subscribe()
+    resp = await client.post("/workspace/join", headers=headers, json={
+        "id": a.current.ws_id, "host": "127.0.0.1", "port": port})
+    assert resp.status_code == 200, await resp.get_json()
+    with trio.fail_after(30):
+        async for ev in sub.recv:
+            if ev["type"] == "workspace_joined":
+                break
+        for peer in list(a.current.sync.links.values()):
+            peer.fail(m.CLOSE_TOO_SLOW, "test: the peer goes silent")
+        async for ev in sub.recv:
+            if ev["type"] == "sync_peer_disconnected":
+                break
+    sub.close()
+    assert ev["peer_id"] == a.ident.actor.hex() and ev["code"] == m.CLOSE_TOO_SLOW
+    assert ev["connected"] is True
+    assert 0.8 <= ev["retry_in_s"] <= 1.2  # the first backoff step: 1 s ± 20 %
