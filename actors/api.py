@@ -990,11 +990,16 @@ def create_app(node: Node) -> QuartTrio:
     def allowed_hosts() -> set[str]:
         return {f"127.0.0.1:{node.port}", f"localhost:{node.port}"}
 
-    def check_origin(headers: Any, host: str) -> None:
+    def check_origin(headers: Any, host: str, view_file: bool = False) -> None:
         if host not in allowed_hosts():
             raise ApiError("forbidden", f"Host {host!r} is not this engine",
                            allowed=sorted(allowed_hosts()))
         origin = headers.get("Origin")
+        # a module view's sandboxed iframe (no allow-same-origin) has the opaque origin "null"
+        # and fetches its entry as a CORS module script: accept "null" only for GET of the
+        # static view files (no token, no data; see serve_view), never for the API itself
+        if view_file and origin == "null":
+            return
         if origin is not None and origin not in {f"http://{h}" for h in allowed_hosts()}:
             raise ApiError("forbidden", f"Origin {origin!r} is not this engine")
 
@@ -1007,7 +1012,8 @@ def create_app(node: Node) -> QuartTrio:
 
     @app.before_request
     async def guard() -> None:
-        check_origin(request.headers, request.headers.get("Host", ""))
+        check_origin(request.headers, request.headers.get("Host", ""),
+                     view_file=request.method == "GET" and request.path.startswith("/m/"))
         # module views load into sandboxed iframes, which cannot present the token; they
         # are the read-only files of packages this user installed (Host is still checked)
         if request.path in open_paths or request.path.startswith(("/static/", "/m/")):

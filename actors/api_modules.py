@@ -184,6 +184,9 @@ async def serve_view(node: Node, mid: str, version: str, file: str) -> Response:
     resp = Response(data, status=200, content_type=ctype)
     resp.headers["X-Content-Type-Options"] = "nosniff"
     resp.headers["Cache-Control"] = "no-cache"
+    # views run in sandboxed iframes (opaque origin "null"), which load module scripts with
+    # CORS; these are static package files without data or credentials, so any origin may read
+    resp.headers["Access-Control-Allow-Origin"] = "*"
     return resp
 
 

@@ -420,6 +420,9 @@ class SyncService:
                     await trio.sleep(wait)
         finally:
             self.dialers.pop(info["key"], None)
+            event = info.pop("closed_event", None)
+            if event is not None:  # removed (or shutting down): no retry
+                self._publish(event)
 
     async def _wait_unlinked(self, actor: bytes) -> None:
         while actor in self.links:

@@ -13,6 +13,7 @@ import { Conflicts } from "./conflicts.js";
 import { Staging } from "./staging.js";
 import { Sync } from "./sync.js";
 import { newWorkspaceDialog, showRecoverySecret } from "./access.js";
+import { Modules } from "./modules.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -25,6 +26,7 @@ const state = {
   tablesSeq: 0,
   selection: [],
   blocked: false,
+  view: null, // name of the module view shown instead of the grid, or null
 };
 
 const recordsByTable = new Map(); // table id -> Promise<records> (link pickers and labels)
@@ -124,6 +126,69 @@ const sync = new Sync({
     reloadAll().catch((e) => reportError(e, "Couldn't load the workspace"));
   },
 });
+
+const modules = new Modules({
+  reportError,
+  afterAdopt: (seq) => refreshTables(seq),
+  viewsChanged: () => renderViewTabs(),
+});
+
+// --- module views (spec 04 §1; J4) --------------------------------------------------------
+
+let mountedView = null; // {view, changed(table), unmount()} of the view on screen
+
+function unmountView() {
+  if (mountedView) mountedView.unmount();
+  mountedView = null;
+}
+
+/** The Grid / module-view tabs of the open table (hidden when no adopted module has a view). */
+function renderViewTabs() {
+  const host = $("view-tabs");
+  const views = state.tableId ? modules.viewsFor(state.tableId) : [];
+  if (state.view && !views.some((v) => v.name === state.view)) showView(null);
+  host.hidden = !views.length;
+  host.replaceChildren();
+  if (!views.length) return;
+  const tab = (name, label, title) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "view-tab";
+    b.dataset.view = name || "";
+    b.setAttribute("role", "tab");
+    b.textContent = label;
+    b.title = title;
+    const on = (state.view || null) === name;
+    b.setAttribute("aria-selected", on ? "true" : "false");
+    b.tabIndex = on ? 0 : -1;
+    b.addEventListener("click", () => showView(name));
+    return b;
+  };
+  host.append(tab(null, "Grid", "Edit the records in the grid"));
+  for (const v of views) {
+    host.append(tab(v.name, v.label || v.name, `A view from the ${v.module} module (read-only)`));
+  }
+}
+
+function showView(name) {
+  const view = name ? modules.viewsFor(state.tableId).find((v) => v.name === name) : null;
+  if (mountedView && (!view || mountedView.view.name !== view.name ||
+    mountedView.view.url !== view.url)) unmountView();
+  state.view = view ? view.name : null;
+  $("grid-host").hidden = !!view;
+  $("module-view-host").hidden = !view;
+  $("delete-selected-btn").hidden = !!view;
+  if (view && !mountedView) {
+    grid.flushEdit();
+    mountedView = modules.mountView($("module-view-host"), view);
+    $("module-view-host").setAttribute("aria-label", view.label || view.name);
+  }
+  for (const b of $("view-tabs").querySelectorAll(".view-tab")) {
+    const on = b.dataset.view === (view ? view.name : "");
+    b.setAttribute("aria-selected", on ? "true" : "false");
+    b.tabIndex = on ? 0 : -1;
+  }
+}
 
 // --- the grid and its controller ----------------------------------------------------------
 
@@ -268,6 +333,7 @@ function rememberKey() {
 
 async function selectTable(id) {
   grid.flushEdit();
+  if (id !== state.tableId) showView(null);
   state.tableId = id;
   state.records = [];
   state.recordsSeq = 0;
@@ -278,6 +344,7 @@ async function selectTable(id) {
   if (!t) return;
   localStorage.setItem(rememberKey(), id);
   showTableHeader(t);
+  renderViewTabs();
   const r = await api.get("/records/list", { table: id });
   if (state.tableId !== id) return;
   await withCanonical(id, r);
@@ -303,7 +370,8 @@ async function reloadAll() {
   // (each is also refreshed by its own events; a failure here must not stop the grid loading)
   await Promise.all([conflicts.refresh().catch((e) => reportError(e, "Couldn't load conflicts")),
     staging.refresh().catch((e) => reportError(e, "Couldn't load overlays")),
-    sync.refresh().catch((e) => reportError(e, "Couldn't load the sync status"))]);
+    sync.refresh().catch((e) => reportError(e, "Couldn't load the sync status")),
+    modules.refresh().catch((e) => reportError(e, "Couldn't load the modules"))]);
 }
 
 function renderTableList() {
@@ -468,6 +536,7 @@ function onEvent(ev) {
   switch (ev.type) {
     case "records_changed":
       recordsByTable.delete(ev.table);
+      if (mountedView) mountedView.changed(ev.table);
       for (const id of ev.entity_ids || []) labels.delete(id);
       if (ev.table === state.tableId) {
         refreshRecords(ev.seq).catch((e) => reportError(e, "Couldn't refresh"));
@@ -479,6 +548,8 @@ function onEvent(ev) {
       break;
     case "tables_changed":
       refreshTables(ev.seq).catch((e) => reportError(e, "Couldn't refresh the tables"));
+      // a module adopted here or by a peer: its views may now be offered
+      modules.refresh().catch((e) => reportError(e, "Couldn't refresh the modules"));
       break;
     case "conflict_opened":
     case "conflict_updated":
@@ -588,6 +659,18 @@ async function main() {
   $("new-workspace-btn").addEventListener("click", () => newWorkspace()
     .catch((e) => reportError(e, "Couldn't create the workspace")));
   $("add-record-btn").addEventListener("click", addRecord);
+  $("modules-btn").addEventListener("click", () => modules.openPanel()
+    .catch((e) => reportError(e, "Couldn't open the modules")));
+  $("view-tabs").addEventListener("keydown", (e) => {
+    if (e.key !== "ArrowLeft" && e.key !== "ArrowRight") return;
+    const tabs = [...$("view-tabs").querySelectorAll(".view-tab")];
+    const i = tabs.indexOf(document.activeElement);
+    if (i < 0) return;
+    e.preventDefault();
+    const next = tabs[(i + (e.key === "ArrowRight" ? 1 : tabs.length - 1)) % tabs.length];
+    next.focus();
+    next.click();
+  });
   $("delete-selected-btn").addEventListener("click", () => deleteRecords([...state.selection]));
   try {
     const probe = await api.get("/workspace/current");

@@ -296,6 +296,19 @@ async def test_views_are_served_read_only_without_the_token(api: Api) -> None:
                                  headers={"Host": "evil.example"}, auth=False), 403, "forbidden")
 
 
+async def test_a_sandboxed_view_frame_may_load_view_files_only(api: Api) -> None:
+    """A view's iframe has no origin (`Origin: null`): it may load the module's view files,
+    nothing else."""
+    await api.ok("POST", "/modules/install", {"path": str(make_package(_src(api, "p")))})
+    null = {"Origin": "null"}
+    resp = await api.get("/m/probe/1.0.0/views/main.js", headers=null, auth=False)
+    assert resp.status_code == 200
+    assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    await error_of(await api.get("/tables/list", headers=null), 403, "forbidden")
+    await error_of(await api.post("/records/create", {"table": "x"}, headers=null), 403,
+                   "forbidden")
+
+
 async def test_view_path_traversal_is_refused(api: Api) -> None:
     await api.ok("POST", "/modules/install", {"path": str(make_package(_src(api, "p")))})
     secret = api.home.path / "modules" / "probe" / "1.0.0" / "module.toml"
