@@ -33,6 +33,7 @@ from openprod.engine.manifest import (
     Package,
     load_package,
     relpath_problem,
+    zip_prefix,
 )
 from openprod.engine.modules import version_tuple
 
@@ -198,22 +199,10 @@ def _copy_folder(src: Path, dest: Path) -> None:
                 _copy_capped(fin, fout, DEFAULT_LIMITS.max_unpacked)
 
 
-def _zip_prefix(names: list[str]) -> str:
-    """Like the validator: a zip of the `<id>/` folder itself has one top folder to strip."""
-    if "module.toml" in names:
-        return ""
-    tops = {n.split("/", 1)[0] for n in names}
-    if len(tops) == 1:
-        (top,) = tops
-        if f"{top}/module.toml" in names:
-            return top + "/"
-    return ""
-
-
 def _unpack_zip(src: Path, dest: Path) -> None:
     with zipfile.ZipFile(src) as zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
-        prefix = _zip_prefix([i.filename for i in infos])
+        prefix = zip_prefix([i.filename for i in infos])
         budget = DEFAULT_LIMITS.max_unpacked
         for info in infos:
             name = info.filename

@@ -1691,7 +1691,7 @@ def _read_folder(root: Path, lim: PackageLimits, out: _Collector) -> _Reading:
     return r
 
 
-def _zip_prefix(names: list[str]) -> str:
+def zip_prefix(names: list[str]) -> str:
     """A zip made of the `<id>/` folder itself has one top directory; strip it."""
     if "module.toml" in names:
         return ""
@@ -1742,7 +1742,7 @@ def _read_zip(path: Path, lim: PackageLimits, out: _Collector) -> _Reading:
             out.add((FILE, path.name), "too_large",
                     f"package exceeds {lim.max_unpacked} bytes unpacked ({declared})")
             return r
-        prefix = _zip_prefix([n for n in names if n in seen])
+        prefix = zip_prefix([n for n in names if n in seen])
         for info in safe:
             if info.is_dir() or not info.filename.startswith(prefix):
                 continue
