@@ -524,7 +524,7 @@ async def join_workspace(node: Node, body: dict[str, Any]) -> dict[str, Any]:
     code = _field(body, "code", str, required=False)
     if code is not None:
         try:
-            node.access_codes[ws_id] = lcmod.normalize_code(code)
+            code = lcmod.normalize_code(code)
         except ValueError as exc:
             raise ValidationError(str(exc), field="code") from None
     hp = _host_port(body, required=False)
@@ -539,6 +539,8 @@ async def join_workspace(node: Node, body: dict[str, Any]) -> dict[str, Any]:
     if not arriving:
         ws = await blocking.run_sync(node.home.join_workspace, node.ident, ws_id, name or "")
         ws.close()
+    if code is not None:  # kept in workspace.toml (0600) until the join completes
+        node.home.write_meta(ws_id, access_code=code)
     await node.open_workspace(ws_id)
     if hp is not None:
         node.current.sync.add_manual_peer(*hp)

@@ -199,18 +199,28 @@ class Home:
             return {}
 
     def write_meta(self, ws_id: str, *, name: str | None = None, state: str | None = None,
-                   manual_peers: list[str] | None = None) -> None:
-        """Rewrite workspace.toml, changing only what is given (atomically, 0600)."""
+                   manual_peers: list[str] | None = None, access_code: str | None = None,
+                   clear_access_code: bool = False) -> None:
+        """Rewrite workspace.toml, changing only what is given (atomically, 0600).
+
+        `access_code` is the code a joiner typed for a workspace in access-code mode: kept
+        until the join completes (`clear_access_code`), so a restart mid-join carries on."""
         doc = self.read_meta(ws_id)
         sync = dict(doc.get("sync") or {})
         name = name if name is not None else str(doc.get("name", ws_id))
         state = state if state is not None else str(doc.get("state", "active"))
         if manual_peers is not None:
             sync["manual_peers"] = manual_peers
+        if access_code is not None:
+            sync["access_code"] = access_code
+        if clear_access_code:
+            sync.pop("access_code", None)
         peers = [p for p in sync.get("manual_peers", []) if isinstance(p, str)]
+        code = sync.get("access_code")
         text = (f"name = {_toml_str(name)}\nstate = {_toml_str(state)}\n\n[sync]\n"
                 f"enabled = {'false' if sync.get('enabled') is False else 'true'}\n"
-                f"manual_peers = [{', '.join(_toml_str(p) for p in peers)}]\n")
+                f"manual_peers = [{', '.join(_toml_str(p) for p in peers)}]\n"
+                + (f"access_code = {_toml_str(code)}\n" if isinstance(code, str) else ""))
         path = self.workspace_dir(ws_id) / "workspace.toml"
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

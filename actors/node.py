@@ -167,7 +167,6 @@ class Node:
         self.lan: dict[str, disc.Advert] = {}
         # `gh` a join should expect, learnt from discovery when the join was asked for
         self.expected_gh: dict[str, str] = {}
-        self.access_codes: dict[str, str] = {}  # ws → the access code a joiner typed
         self._joined = trio.Event()
         self.discovery_error: str | None = None
 
@@ -235,7 +234,7 @@ class Node:
         joined = self._joined = trio.Event()
 
         def on_joined() -> None:
-            self.home.write_meta(ws_id, state="active")
+            self.home.write_meta(ws_id, state="active", clear_access_code=True)
             joined.set()
 
         opts: dict[str, Any] = {
@@ -243,8 +242,9 @@ class Node:
             "save_peers": lambda ps: self.home.write_meta(ws_id, manual_peers=ps)}
         if ws_id in self.expected_gh:
             opts["expected_genesis"] = self.expected_gh[ws_id]
-        if ws_id in self.access_codes:
-            opts["access_code"] = self.access_codes[ws_id]
+        code = (meta.get("sync") or {}).get("access_code")
+        if isinstance(code, str):
+            opts["access_code"] = code
         return opts
 
     def _services(self) -> list[Service]:

@@ -86,9 +86,14 @@ async def test_recover_with_a_wrong_secret_is_refused_and_right_one_rotates(api:
 async def test_joining_again_while_arriving_takes_a_new_code(api: Api) -> None:
     other = "01a1fd52-1ba1-7298-90ac-38206d471ffe"
     first = await api.ok("POST", "/workspace/join", {"id": other, "code": "ABC123"})
-    assert first["state"] == "joining" and api.node.access_codes[other] == "ABC123"
+    assert first["state"] == "joining"
+    assert api.home.read_meta(other)["sync"]["access_code"] == "ABC123"
     again = await api.ok("POST", "/workspace/join", {"id": other, "code": "xyz-789"})
-    assert again["workspace_id"] == other and api.node.access_codes[other] == "XYZ789"
+    assert again["workspace_id"] == other
+    assert api.home.read_meta(other)["sync"]["access_code"] == "XYZ789"
     assert api.node.current.sync.access_code == "XYZ789"  # the reopened session uses it
+    await api.ok("POST", "/workspace/open", {"id": api.ws_id})
+    await api.ok("POST", "/workspace/open", {"id": other})  # as after a restart
+    assert api.node.current.sync.access_code == "XYZ789"
     active = await api.post("/workspace/join", {"id": api.ws_id})
     assert active.status_code == 400  # an active workspace is not joined twice
