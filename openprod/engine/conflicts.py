@@ -154,6 +154,8 @@ def _enc(x: Any) -> bytes:
 class ConflictProjection(ProjectionBase):
     """The ConflictManager's projection over one apsw connection to `oplog.db`."""
 
+    META_TABLE = "cf_meta"
+
     def __init__(self, conn: apsw.Connection) -> None:
         super().__init__(conn)
         with db.transaction(conn):
@@ -169,13 +171,6 @@ class ConflictProjection(ProjectionBase):
         self._load()
 
     # --- meta and caches -------------------------------------------------------------------
-    def _meta(self) -> dict[str, Any]:
-        return {k: v for k, v in self.conn.execute("SELECT k, v FROM cf_meta")}
-
-    @property
-    def checkpoint(self) -> int:
-        return int(self._meta()["seq"])
-
     def _load(self) -> None:
         self.crdt: dict[str, bool] = {
             f"{f}.{n}": bool(c) for f, n, c in self.conn.execute(

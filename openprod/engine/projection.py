@@ -8,6 +8,7 @@ replay. `seen` is the one causality test (spec 02 §1.1) both use.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import apsw
 import cbor2
@@ -46,6 +47,15 @@ class ProjectionBase:
     def __init__(self, conn: apsw.Connection) -> None:
         self.conn = conn
         self._vcs: OrderedDict[bytes, dict[bytes, bytes]] = OrderedDict()
+
+    META_TABLE = ""  # the subclass's (k, v) table holding its checkpoint ("seq")
+
+    def _meta(self) -> dict[str, Any]:
+        return {k: v for k, v in self.conn.execute(f"SELECT k, v FROM {self.META_TABLE}")}
+
+    @property
+    def checkpoint(self) -> int:
+        return int(self._meta()["seq"])
 
     def _head(self) -> int:
         for (v,) in self.conn.execute("SELECT v FROM oplog_meta WHERE k = 'head_seq'"):

@@ -148,6 +148,8 @@ class _TipRows(Rows):
 class StateProjection(ProjectionBase):
     """The state projection over one apsw connection to `oplog.db` (reads ops, writes state)."""
 
+    META_TABLE = "derive_meta"
+
     def __init__(self, conn: apsw.Connection) -> None:
         super().__init__(conn)
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
@@ -220,13 +222,6 @@ class StateProjection(ProjectionBase):
         for k, v in defaults.items():
             if k not in have:
                 self.conn.execute("INSERT INTO derive_meta(k, v) VALUES (?, ?)", (k, v))
-
-    def _meta(self) -> dict[str, Any]:
-        return {k: v for k, v in self.conn.execute("SELECT k, v FROM derive_meta")}
-
-    @property
-    def checkpoint(self) -> int:
-        return int(self._meta()["seq"])
 
     def refresh(self) -> None:
         """Reload the schema caches (for a read-only user of a projection another owner drives)."""
