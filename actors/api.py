@@ -50,6 +50,8 @@ STATUS = {
     "stale_conflict_state": 409, "overlay_not_found": 404, "overlay_active": 409,
     "unresolved_drift": 409, "peer_unreachable": 502,
     "module_not_installed": 404, "module_version_conflict": 409,
+    "rule_not_found": 404, "proposal_not_found": 404, "proposal_stale": 409,
+    "cycle_detected": 409, "rule_limit_exceeded": 422,
 }
 
 Handler = Callable[..., Awaitable[Any]]
@@ -139,26 +141,35 @@ def _result(r: Result, **extra: Any) -> dict[str, Any]:
 async def _command(node: Node, fn: Callable[[Workspace], Any], *,
                    overlays_changed: bool = False) -> Any:
     """Run a command on the writer. A command staged into the active overlay (or an overlay
-    command, `overlays_changed`) publishes `overlays_changed {active, seq}` once it is done.
+    command, `overlays_changed`) publishes `overlays_changed {active, seq}` once it is done;
+    one that changed rule proposals publishes `rule_proposals_changed {seq}`.
     Drift the command itself found (an overlay commit or redo re-checks it) is published as
     `overlay_drift`, even when the command was refused."""
     session = node.current
     drift: list[dict[str, Any]] = []
 
+    proposals: list[int] = []
+
     def run(ws: Workspace) -> tuple[Any, bytes | None]:
         before = ws.overlay_events
+        version = ws.proposals.version
         try:
             return fn(ws), ws.overlays.active
         finally:
             session.active_overlay = ws.overlays.active
             if ws.overlay_events is not before:
                 drift.extend(ws.overlay_events)
+            if ws.proposals.version != version:
+                proposals.append(ws.proposals.version)
 
     try:
         result, active = await session.writer.call(run)
     finally:
         for ev in drift:
             node.hub.publish(drift_event(ev, session.writer.appended))
+        if proposals:  # a rule proposed something, or a proposal was answered or withdrawn
+            node.hub.publish({"type": "rule_proposals_changed",
+                              "seq": session.writer.appended})
     if overlays_changed or (isinstance(result, Result) and result.staged):
         node.hub.publish({"type": "overlays_changed",
                           "active": ids.to_text(active) if active is not None else None,
@@ -1165,7 +1176,8 @@ async def serve_api(node: Node, host: str, port: int, *,
 
 # The module and field-mapping routes live in their own module; importing it registers them in
 # ROUTES (it imports this module's helpers, hence the import at the end).
-from actors import api_modules  # noqa: E402
+from actors import api_modules, api_rules  # noqa: E402
 from actors.api_modules import serve_view  # noqa: E402
 
-__all__ = ["ROUTES", "NotFound", "api_modules", "create_app", "openapi", "serve_api"]
+__all__ = ["ROUTES", "NotFound", "api_modules", "api_rules", "create_app", "openapi",
+           "serve_api"]

@@ -2,7 +2,8 @@
 
 It wakes on `Appended(seq)`, catches up in a worker thread (one SQLite transaction per batch, never
 awaiting inside it), publishes "applied up to N" to waiters (read-your-writes) and turns what
-changed into `records_changed` / `tables_changed` events.
+changed into `records_changed` / `tables_changed` events; when rule documents (or the schema they
+name) change, `rules_changed`, and `automation_suspended` for rules that a synced cycle suspends.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from actors import blocking
 from actors.events import EventHub
 from actors.projection_actor import ProjectionActor
 from openprod.core import ids
+from openprod.engine import rules as rulemod
 from openprod.engine.state import StateProjection
 from openprod.engine.statehash import compute as compute_state_hash
+from openprod.engine.views import Views
 from openprod.storage import db
 
 
@@ -26,11 +29,15 @@ class StateDeriver(ProjectionActor[StateProjection, dict[str, Any]]):
         # notified by the writer after each append; listeners (the ConflictManager) hear each
         # applied seq after its events
         super().__init__(proj, hub)
+        self.views = Views(proj)
+        self._suspended: set[str] = set(
+            rulemod.RuleSet(rulemod.read_docs(self.views), self.views).suspended)
 
     def _catch_up(self) -> dict[str, Any]:
         proj = self.proj
         proj.touched.clear()
         proj.schema_changed = False
+        proj.config_changed.clear()
         replays = proj.replays
         seq = proj.catch_up()
         touched = sorted(proj.touched)
@@ -43,11 +50,28 @@ class StateDeriver(ProjectionActor[StateProjection, dict[str, Any]]):
                     f"SELECT facet, entity FROM facets WHERE entity IN ({q})", chunk
                 ):
                     by_table.setdefault(facet, []).append(ids.to_text(bytes(e)))
+        rules: dict[str, Any] | None = None
+        if "rule" in proj.config_changed or "module" in proj.config_changed \
+                or proj.schema_changed or proj.replays != replays:
+            # rule documents, or the tables they name, changed: which rules are suspended
+            rs = rulemod.RuleSet(rulemod.read_docs(self.views), self.views)
+            rules = {"suspended": rs.suspended, "cycles": rs.cycles,
+                     "changed": "rule" in proj.config_changed}
         return {"seq": seq, "tables": proj.schema_changed, "by_table": by_table,
-                "replayed": proj.replays != replays}
+                "replayed": proj.replays != replays, "rules": rules}
 
     def _publish(self, ch: dict[str, Any]) -> int:
         seq: int = ch["seq"]
+        rules = ch["rules"]
+        if rules is not None:
+            newly = sorted(set(rules["suspended"]) - self._suspended)
+            self._suspended = set(rules["suspended"])
+            if rules["changed"]:
+                self.hub.publish({"type": "rules_changed", "seq": seq})
+            if newly:
+                # cycles can only arrive by sync (the put check refuses them locally)
+                self.hub.publish({"type": "automation_suspended", "rules": newly,
+                                  "cycles": rules["cycles"], "seq": seq})
         if ch["replayed"]:
             self.hub.publish({"type": "resync", "seq": seq})
             return seq

@@ -40,7 +40,15 @@ Prints ONE JSON object on stdout (progress goes to stderr):
   modules           (issue 6) validate (load_package) and adopt a module of 10 tables x 20 fields
                     into a fresh workspace (one schema bundle, projected): medians in ms.
 
-Usage: python bench/core.py [--scale 0.1] [--chunk 500] [--dir DIR] [--only core|conflicts|modules]
+  rules             (issue 6) 20 enabled rules (10 auto_accept, 10 proposing; each watching one
+                    of 10 fields of the source table) on a 10 000-record table; 2 000 triggering
+                    writes (one watched field each, flipping conditions both ways):
+      rule_eval_ms_per_write    mean time inside rule evaluation per write (target < 1 ms)
+      rule_eval_p99_ms          its 99th percentile
+      write_ms_no_rules / write_ms_with_rules  mean update_record time, the same writes,
+                                before and after the rules were enabled
+
+Usage: python bench/core.py [--scale 0.1] [--chunk 500] [--dir DIR] [--only core|conflicts|modules|rules]
                           [--repeat 3]
        (--scale 0.1 runs every phase at 10 %; the default is full size. --only conflicts runs
        just the conflict benchmark; its figures are under the key "conflicts".)
@@ -367,9 +375,9 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--chunk", type=int, default=500, help="bundles per ingest call")
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
-    ap.add_argument("--only", choices=("core", "conflicts", "modules"), default=None,
-                    help="run one part: core (local/ingest/replay), conflicts (issue 4) or "
-                         "modules (issue 6)")
+    ap.add_argument("--only", choices=("core", "conflicts", "modules", "rules"), default=None,
+                    help="run one part: core (local/ingest/replay), conflicts (issue 4), "
+                         "modules or rules (issue 6)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="conflict / conflict-free ingest runs each (median reported)")
     ap.add_argument("--replay-only", type=Path, default=None, help=argparse.SUPPRESS)
@@ -388,6 +396,8 @@ def main() -> int:
             out["conflicts"] = phase_conflicts(base, args.scale, args.chunk, args.repeat)
         if args.only in (None, "modules"):
             out["modules"] = phase_modules(base, args.repeat)
+        if args.only in (None, "rules"):
+            out["rules"] = phase_rules(base, args.scale)
     print(json.dumps(out))
     return 0
 
@@ -426,6 +436,64 @@ def phase_modules(base: Path, repeat: int) -> dict[str, Any]:
     return {"module_tables": 10, "module_fields_per_table": 20,
             "validate_ms": round(statistics.median(load_ms), 1),
             "adopt_ms": round(statistics.median(adopt_ms), 1)}
+
+
+def phase_rules(base: Path, scale: float, writes: int = 2000) -> dict[str, Any]:
+    """(issue 6) Rule evaluation cost per triggering write: 20 rules on a 10 000-record table."""
+    n = max(100, round(10_000 * scale))
+    ws = Workspace.create(base / "rules", Identity.from_seed(bytes([60]) * 32), "bench")
+    fields = [{"label": f"f{i}", "name": f"f{i}", "type": "boolean"} for i in range(10)]
+    src = ws.create_table("Source", [{"label": "name", "name": "name", "type": "text"},
+                                     *fields]).facet
+    targets = [ws.create_table(f"Target{i}", [{"label": "name", "name": "name",
+                                               "type": "text"}]).facet for i in range(4)]
+    rnd = random.Random(61)
+    ids_ = list(ws.create_records(src, [{"name": f"r{i}"} for i in range(n)]).created)
+    def plan() -> list[tuple[bytes, str, bool]]:
+        return [(rnd.choice(ids_), f"f{rnd.randrange(10)}", rnd.random() < 0.5)
+                for _ in range(writes)]
+
+    def run_writes(writes: list[tuple[bytes, str, bool]]) -> list[float]:
+        out = []
+        for e, f, v in writes:
+            t0 = time.perf_counter()
+            ws.update_record(e, {f: v}, src)
+            out.append(time.perf_counter() - t0)
+        return out
+
+    without = run_writes(plan())
+    for i in range(20):
+        ws.put_rule(None, {
+            "label": f"rule {i}", "source": src, "target": targets[i % 4],
+            "when": {"field": f"f{i % 10}", "op": "eq", "value": i % 2 == 0},
+            "set": [{"field": "name", "copy_from": "name"}],
+            "auto_accept": i < 10, "on_condition_lost": "auto_detach" if i < 10 else "ignore",
+            "enabled": True})
+    spent: list[float] = []
+    fire = ws._fire_rules
+
+    def timed(*a: Any, **k: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fire(*a, **k)
+        finally:
+            spent.append(time.perf_counter() - t0)
+
+    ws._fire_rules = timed  # type: ignore[method-assign]
+    with_rules = run_writes(plan())  # fresh writes: about half flip some rule's condition
+    ws._fire_rules = fire  # type: ignore[method-assign]
+    generated = ws.storage.conn.execute(
+        "SELECT count(*) FROM ops WHERE t IN ('AttachFacet', 'DetachFacet', 'DeleteEntity')"
+    ).fetchone()[0] - n  # minus the import's own AttachFacets
+    proposals = len(ws.proposals.all())
+    ws.close()
+    spent.sort()
+    return {"records": n, "rules": 20, "writes": writes,
+            "rule_eval_ms_per_write": round(statistics.fmean(spent) * 1000, 3),
+            "rule_eval_p99_ms": round(spent[int(len(spent) * 0.99) - 1] * 1000, 3),
+            "write_ms_no_rules": round(statistics.fmean(without) * 1000, 3),
+            "write_ms_with_rules": round(statistics.fmean(with_rules) * 1000, 3),
+            "membership_ops": generated, "open_proposals": proposals}
 
 
 def run_core(base: Path, args: argparse.Namespace) -> dict[str, Any]:

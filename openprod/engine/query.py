@@ -54,6 +54,7 @@ class FieldRef:
     name: str
     ftype: str
     crdt: bool = False
+    facet: str | None = None  # the field's own facet (None: `$id` or an edge property)
 
 
 @attrs.frozen
@@ -198,7 +199,7 @@ def _field(table: TableDef, ref: object, path: str) -> FieldRef:
         f = table.field(ref)
     except NotFound:
         raise QueryError(f"table {table.label!r} has no field {ref!r}", path) from None
-    return FieldRef(f.name, f.ftype, f.crdt)
+    return FieldRef(f.name, f.ftype, f.crdt, f.facet)
 
 
 def _kind(f: FieldRef) -> str:
@@ -348,6 +349,7 @@ class EdgeRow:
     src: bytes
     dst: bytes
     props: Mapping[str, Any]
+    edge: bytes | None = None
 
 
 class Reader(Protocol):
@@ -357,8 +359,9 @@ class Reader(Protocol):
         """Live members of a table -> their displayed values by field name."""
         ...
 
-    def edges(self, etype: str) -> Sequence[EdgeRow]:
-        """Visible (live, both ends live) edges of a type, props as displayed."""
+    def edges_at(self, etype: str, direction: str, e: bytes) -> Sequence[EdgeRow]:
+        """Visible (live, both ends live) edges of a type whose src (direction "out") or dst
+        ("in") is e, props as displayed."""
         ...
 
     def is_live(self, e: bytes) -> bool: ...
@@ -384,6 +387,7 @@ class RecordReader:
         self._resolve = resolve
         self._mcache: dict[str, dict[bytes, Mapping[str, Any]]] = {}
         self._ecache: dict[str, list[EdgeRow]] = {}
+        self._index: dict[tuple[str, str], dict[bytes, list[EdgeRow]]] = {}
 
     @classmethod
     def canonical(cls, views: Views) -> RecordReader:
@@ -408,6 +412,15 @@ class RecordReader:
             self._ecache[etype] = es
         return es
 
+    def edges_at(self, etype: str, direction: str, e: bytes) -> Sequence[EdgeRow]:
+        idx = self._index.get((etype, direction))
+        if idx is None:
+            idx = {}
+            for row in self.edges(etype):
+                idx.setdefault(row.src if direction == "out" else row.dst, []).append(row)
+            self._index[(etype, direction)] = idx
+        return idx.get(e, ())
+
     def is_live(self, e: bytes) -> bool:
         return self._is_live(e)
 
@@ -419,7 +432,7 @@ def run(query: Query, source: Views | Reader) -> list[bytes]:
     """The ids of the query table's live members matching `where`, ordered by `order_by`
     (empty values last, whichever direction), then by id; at most `limit`."""
     reader = RecordReader.canonical(source) if isinstance(source, Views) else source
-    ev = _Eval(reader)
+    ev = Evaluator(reader)
     members = reader.members(query.table)
     hits = sorted(e for e, vals in members.items()
                   if query.where is None or ev.test(query.where, e, vals))
@@ -440,10 +453,11 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-class _Eval:
+class Evaluator:
+    """Tests checked conditions against one entity's displayed values, through a Reader."""
+
     def __init__(self, reader: Reader) -> None:
         self.r = reader
-        self._index: dict[tuple[str, str], dict[bytes, list[EdgeRow]]] = {}
 
     def value(self, f: FieldRef, e: bytes | None, vals: Mapping[str, Any]) -> Any:
         """The comparable form of a displayed value, or None when it is empty: never set,
@@ -493,7 +507,7 @@ class _Eval:
         return self._edge(c, e)
 
     def _edge(self, c: EdgeCond, e: bytes) -> bool:
-        for row in self._edges_at(c.etype, c.dir).get(e, ()):
+        for row in self.r.edges_at(c.etype, c.dir, e):
             other = row.dst if c.dir == "out" else row.src
             if c.props is not None and not self.test(c.props, None, row.props):
                 continue
@@ -506,15 +520,6 @@ class _Eval:
                                       or self.test(c.other.where, other, ovals)):
                 return True
         return False
-
-    def _edges_at(self, etype: str, direction: str) -> dict[bytes, list[EdgeRow]]:
-        idx = self._index.get((etype, direction))
-        if idx is None:
-            idx = {}
-            for row in self.r.edges(etype):
-                idx.setdefault(row.src if direction == "out" else row.dst, []).append(row)
-            self._index[(etype, direction)] = idx
-        return idx
 
 
 def _compare(op: str, v: Any, lit: Any) -> bool:

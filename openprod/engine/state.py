@@ -214,6 +214,7 @@ class StateProjection(ProjectionBase):
         self.track_changes = False
         self.touched: set[bytes] = set()
         self.schema_changed = False
+        self.config_changed: set[str] = set()  # config namespaces written (track_changes)
 
     # --- meta ----------------------------------------------------------------------------
     def _init_meta(self) -> None:
@@ -401,6 +402,9 @@ class StateProjection(ProjectionBase):
             self.schema_changed = True
             return
         p = op.p
+        if op.t in ("PutConfig", "DeleteConfig"):
+            self.config_changed.add(p["ns"])
+            return
         for k in ("e", "src", "dst", "survivor", "absorbed", "source", "new_entity"):
             v = p.get(k)
             if v is not None:

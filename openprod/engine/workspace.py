@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,9 @@ from openprod.engine import fork as forkmod
 from openprod.engine import lifecycle as lcmod
 from openprod.engine import modules as modmod
 from openprod.engine import overlays as ovmod
+from openprod.engine import proposals as propmod
 from openprod.engine import query as querymod
+from openprod.engine import rules as rulemod
 from openprod.engine import undo as undomod
 from openprod.engine.conflicts import (
     ConflictAlreadyResolved,
@@ -125,6 +128,12 @@ class Workspace:
         self.overlays.forget_committed(self.storage.has_bundle)
         self.overlay_events: list[dict[str, Any]] = []  # overlay_drift events, last check
         self._ov_cache: tuple[int, bytes, ovmod.OverlayState] | None = None
+        # Rules (spec 04 §6): proposals are local; the rule set is cached on its documents
+        self.proposals = propmod.ProposalStore(self.storage.conn)
+        self._rules_cache: tuple[tuple[Any, ...], rulemod.RuleSet] | None = None
+        self.rule_clock: Callable[[], float] = time.monotonic
+        # this user's enabled on-change scripts as name -> (writes, watches), for cycle checks
+        self.local_automations: dict[str, tuple[set[str], set[str]]] = {}
 
     def _derive(self) -> None:
         """Bring the projection up to the oplog head, or just reload its schema caches."""
@@ -263,15 +272,29 @@ class Workspace:
         self, kind: str, payloads: Sequence[O.Payload], *,
         meta: Mapping[str, Any] | None = None, push_undo: bool = True,
         created: Iterable[bytes] = (), facet: str | None = None,
+        fired: rulemod.EventResult | None = None,
     ) -> Result:
-        if kind == "user" and payloads:
+        """Append one bundle (or stage a user command into the active overlay). A user command
+        is a triggering event for rules unless `fired` says they already ran on it."""
+        event: rulemod.EventResult | None = fired
+        ctx: bytes | None = None
+        if kind == "user" and payloads and fired is None:
             oid = self.overlays.active
             if oid is not None and all(p.t in ovmod.STAGEABLE or p.t == "SetCRDTField"
                                        for p in payloads):
-                return self._stage(oid, payloads, tuple(created), facet)
+                ctx = oid
+            # a local mutation batch: rules fire inside the command (spec 04 §6)
+            event = self._fire_rules(payloads, ctx)
+            payloads = event.payloads
+            if ctx is not None:
+                res_staged = self._stage(ctx, payloads, tuple(created), facet)
+                self._record_proposals(event, ctx)
+                return res_staged
         pre = undomod.preimage(self.views, payloads) if push_undo else ()
         bundle = self._seal(kind, payloads, meta)
         res = self.storage.append([bundle])
+        if event is not None:
+            self._record_proposals(event, None)
         self._derive()
         if push_undo and undomod.undoable(payloads):
             self.undo_stack.push(undomod.Entry(
@@ -485,11 +508,16 @@ class Workspace:
         head = self.storage.head_seq()
         for i in range(0, len(rows), batch):
             bundles = []
+            events = []
             for vals in rows[i:i + batch]:
                 e, payloads = self._create_payloads(t, vals)
-                bundles.append(self._seal("import", payloads))
+                ev = self._fire_rules(payloads, None)
+                events.append(ev)
+                bundles.append(self._seal("import", ev.payloads))
                 created.append(e)
             head = self.storage.append(bundles).head
+            for ev in events:
+                self._record_proposals(ev, None)
             self._derive()
         self.undo_stack.redo.clear()
         self._after_canonical()
@@ -737,6 +765,15 @@ class Workspace:
         return fa, na, fb, nb
 
     def confirm_mapping(self, key_a: str, key_b: str) -> Result:
+        fa, na, fb, nb = self._mapping_pair(key_a, key_b)
+        sa, sb = self.proj.slot_of(fa, na), self.proj.slot_of(fb, nb)
+        if sa != sb:  # mapped fields become one slot: automations may now meet through it
+            def merged(facet: str, field: str) -> str:
+                k = self.proj.slot_of(facet, field)
+                return min(sa, sb) if k in (sa, sb) else k
+            rs = rulemod.RuleSet(rulemod.read_docs(self.views), self.views, merged,
+                                 self._local_automations(merged))
+            rulemod.check_cycles(rs.graph())
         return self._commit("user", [O.ConfirmFieldMapping(*self._mapping_pair(key_a, key_b))],
                             push_undo=False)
 
@@ -759,6 +796,182 @@ class Workspace:
 
     def put_config(self, ns: str, key: str, value: Any) -> Result:
         return self._commit("user", [O.PutConfig(ns, key, value)], push_undo=False)
+
+    # --- rules (spec 04 §6) ----------------------------------------------------------------
+    def rule_set(self) -> rulemod.RuleSet:
+        """Every rule document compiled against the current schema (cached on the documents,
+        the schema and the mapping slots)."""
+        fp = rulemod.docs_fingerprint(self.views)
+        c = self._rules_cache
+        if c is not None and c[0] == fp and not self.local_automations:
+            return c[1]
+        rs = rulemod.RuleSet(rulemod.read_docs(self.views) if fp else {}, self.views,
+                             external=self._local_automations())
+        self._rules_cache = (fp, rs)
+        return rs
+
+    def _local_automations(self, slot_of: Callable[[str, str], str] | None = None,
+                           ) -> dict[str, tuple[set[str], set[str]]]:
+        if slot_of is None:
+            return dict(self.local_automations)
+        # keys of local automations are "facet.field" keys or @-keys; re-slot them
+        def norm(k: str) -> str:
+            if k.startswith("@"):
+                return k
+            facet, field = values.split_field_key(k)
+            return slot_of(facet, field)
+        return {n: ({norm(k) for k in w}, {norm(k) for k in x})
+                for n, (w, x) in self.local_automations.items()}
+
+    def _rule_base(self, ctx: bytes | None) -> rulemod.StateView:
+        """The state a rule event reads: canonical, or canonical + that overlay's staged ops."""
+        canonical = rulemod.CanonicalView(rulemod.Schema(self.views))
+        if ctx is None:
+            return canonical
+        return rulemod.Layer(canonical, [r.payload for r in self.overlays.rows(ctx)])
+
+    def _fire_rules(self, payloads: Sequence[O.Payload], ctx: bytes | None,
+                    ) -> rulemod.EventResult:
+        rs = self.rule_set()
+        if not rs.active:
+            return rulemod.EventResult(list(payloads), [], [], [])
+        return rulemod.Evaluation(rs, self._rule_base(ctx), clock=self.rule_clock).run(payloads)
+
+    def _record_proposals(self, event: rulemod.EventResult, ctx: bytes | None) -> None:
+        self.proposals.record(ctx, event.flipped,
+                              [(p.rule_id, p.entity, p.action) for p in event.proposals])
+
+    def list_rules(self) -> list[dict[str, Any]]:
+        """Every rule document with its status: active, disabled, dormant (a table it names
+        does not exist here yet), suspended (in a cycle that arrived by sync) or invalid."""
+        out = []
+        for info in self.rule_set().infos.values():
+            out.append({"id": info.id, **info.doc, "status": info.status,
+                        "reason": info.reason})
+        return out
+
+    def get_rule(self, rid: str) -> dict[str, Any]:
+        for r in self.list_rules():
+            if r["id"] == rid:
+                return r
+        raise rulemod.RuleNotFound(f"no rule {rid!r}", rule_id=rid)
+
+    def put_rule(self, rid: str | None, doc: Mapping[str, Any], *,
+                 apply_existing: bool = False) -> tuple[str, Result]:
+        """Create or replace a rule document (LWW). Enabling checks the automation graph for
+        cycles first; `apply_existing` then adds every current match in one more bundle."""
+        rid = rid or rulemod.new_rule_id()
+        norm = rulemod.normalize(rid, doc, self.views)
+        if norm["enabled"]:
+            compiled = rulemod.compile_rule(rid, norm, self.views, self.proj.slot_of)
+            if isinstance(compiled, rulemod.Rule):
+                rulemod.check_cycles(self.rule_set().graph(extra=compiled), rid)
+        res = self._commit("user", [O.PutConfig(rulemod.RULE_NS, rid, norm)], push_undo=False)
+        if not norm["enabled"]:
+            self.proposals.drop_rule(rid)
+        if apply_existing and norm["enabled"]:
+            applied = self.apply_rule(rid)
+            if applied.bundle_id is not None or applied.staged:
+                res = applied
+        return rid, res
+
+    def delete_rule(self, rid: str) -> Result:
+        if rid not in rulemod.read_docs(self.views):
+            raise rulemod.RuleNotFound(f"no rule {rid!r}", rule_id=rid)
+        res = self._commit("user", [O.DeleteConfig(rulemod.RULE_NS, rid)], push_undo=False)
+        self.proposals.drop_rule(rid)
+        return res
+
+    def apply_rule(self, rid: str) -> Result:
+        """"Apply to existing": attach every current match not yet in the target, in one
+        bundle (itself a triggering event), in the current context."""
+        info = self.rule_set().infos.get(rid)
+        if info is None:
+            raise rulemod.RuleNotFound(f"no rule {rid!r}", rule_id=rid)
+        if info.rule is None or info.status != "active":
+            raise ValidationError(f"rule {rid!r} is {info.status}, not active", rule_id=rid,
+                                  status=info.status)
+        rule = info.rule
+        view = rulemod.Layer(self._rule_base(self.overlays.active))
+        members = self.list_records(rule.source)
+        payloads: list[O.Payload] = []
+        for rec in members:
+            e = ids.from_text(rec["id"])
+            if rulemod.matches(rule, e, view) and not view.is_member(e, rule.target):
+                gen = rulemod.attach_ops(rule, e, view)
+                for p in gen:
+                    view.apply(p)
+                payloads += gen
+        if not payloads:
+            return Result(self.storage.head_seq(), None)
+        return self._commit("user", payloads)
+
+    def _proposal_live(self, p: propmod.StoredProposal, rs: rulemod.RuleSet) -> bool:
+        """Whether a proposal still asks something: its rule is active and, in its context,
+        attach: the condition holds and the record is not in the target; detach: the
+        condition fails and it is."""
+        info = rs.infos.get(p.rule_id)
+        if info is None or info.rule is None or info.status != "active":
+            return False
+        if p.context is not None and p.context not in self.overlays.overlay_ids():
+            return False
+        view = rulemod.Layer(self._rule_base(p.context))
+        m = rulemod.matches(info.rule, p.entity, view)
+        inside = view.is_member(p.entity, info.rule.target)
+        return (m and not inside) if p.action == "attach" else (not m and inside)
+
+    def list_proposals(self) -> list[dict[str, Any]]:
+        """Open proposals still valid in their context, with what a person needs to decide."""
+        rs = self.rule_set()
+        out = []
+        for p in self.proposals.all("open"):
+            if not self._proposal_live(p, rs):
+                continue
+            rule = rs.infos[p.rule_id]
+            assert rule.rule is not None
+            d = p.to_json()
+            d["rule_label"] = rule.doc.get("label", rule.id)
+            d["source"], d["target"] = rule.rule.source, rule.rule.target
+            d["target_label"] = self.views.table(rule.rule.target).label
+            d["title"] = self._title_of(p.entity, rule.rule.source, p.context)
+            out.append(d)
+        return out
+
+    def _title_of(self, e: bytes, facet: str, ctx: bytes | None) -> str:
+        t = self.views.table(facet)
+        view = rulemod.Layer(self._rule_base(ctx))
+        vals = view.field_values(e, facet)
+        for f in t.fields:
+            v = vals.get(f.name)
+            if f.ftype == "text" and isinstance(v, str) and v:
+                return v
+        return ids.to_text(e)
+
+    def accept_proposal(self, pid: bytes | str) -> Result:
+        """Re-check the condition, then one bundle (or overlay step) in the proposal's context:
+        attach + `set` writes, or the removal. A new triggering event of its own."""
+        p = self.proposals.get(_as_id(pid))
+        rs = self.rule_set()
+        if not self._proposal_live(p, rs):
+            self.proposals.delete([p.id])
+            raise propmod.ProposalStale("this proposal no longer applies; it was removed",
+                                        proposal_id=ids.to_text(p.id))
+        rule = rs.infos[p.rule_id].rule
+        assert rule is not None
+        view = rulemod.Layer(self._rule_base(p.context))
+        gen = (rulemod.attach_ops(rule, p.entity, view) if p.action == "attach"
+               else rulemod.detach_ops(rule, p.entity, view))
+        self.proposals.delete([p.id])
+        ev = self._fire_rules(gen, p.context)
+        if p.context is None:
+            return self._commit("user", ev.payloads, fired=ev)
+        res = self._stage(p.context, ev.payloads, (), None)
+        self._record_proposals(ev, p.context)
+        return res
+
+    def dismiss_proposal(self, pid: bytes | str) -> None:
+        """Hide a proposal until its condition flips."""
+        self.proposals.dismiss(_as_id(pid))
 
     # --- workspace lifecycle: join mode, access keys, admits, recovery (spec 03 §2) ----------
     def lifecycle(self) -> lcmod.Lifecycle:
@@ -1156,7 +1369,9 @@ class Workspace:
 
     def discard_overlay(self, oid: bytes | str) -> None:
         """Delete an overlay and its staged ops; no oplog write, not undoable."""
-        self.overlays.discard(_as_id(oid))
+        o = _as_id(oid)
+        self.overlays.discard(o)
+        self.proposals.drop_context(o)
 
     def list_overlays(self) -> list[dict[str, Any]]:
         return self.overlays.list_all()
@@ -1363,6 +1578,7 @@ class Workspace:
             store.note_commit(o, None)
             raise
         store.drop(o)
+        self.proposals.move_context(o, None)  # open questions now apply to canonical
         self._derive()
         if undomod.undoable(payloads):
             self.undo_stack.push(undomod.Entry(
