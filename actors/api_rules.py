@@ -13,7 +13,6 @@ from actors import blocking
 from actors.api import BOOL, OBJ, STR, _command, _field, _result, api, obj
 from actors.module_store import ModuleStore
 from actors.node import Node
-from openprod.core.errors import ValidationError
 from openprod.engine import modules as modmod
 from openprod.engine import rules as rulemod
 from openprod.engine.manifest import Package, RuleDef
@@ -23,6 +22,7 @@ RULE_BODY = obj(
     None, id=STR, label=STR, source=STR, target=STR, when=OBJ, action=STR,
     set={"type": "array", "items": OBJ}, auto_accept=BOOL, on_condition_lost=STR,
     enabled=BOOL, apply_existing=BOOL)
+JSON_TYPES: dict[str, type] = {"string": str, "object": dict, "boolean": bool, "array": list}
 
 
 def module_rule_doc(mid: str, rd: RuleDef) -> dict[str, Any]:
@@ -55,7 +55,8 @@ def _offers(store: ModuleStore, adopted: dict[str, dict[str, Any]],
 
 
 async def _offered(node: Node) -> dict[str, dict[str, Any]]:
-    adopted = await node.current.reader.read(modmod.module_configs)
+    # the writer's view: the reader's projection may not have applied an adoption just made
+    adopted = await node.current.writer.call(lambda ws: modmod.module_configs(ws.views))
     return await blocking.run_sync(_offers, node.home.modules, adopted)
 
 
@@ -79,7 +80,10 @@ async def put_rule(node: Node, body: dict[str, Any]) -> dict[str, Any]:
     rid = _field(body, "id", str, required=False)
     apply_existing = _field(body, "apply_existing", bool, required=False) or False
     if rid is not None and not rulemod.valid_rule_id(rid):
-        raise ValidationError("a rule id is `module.rule` or 32 hex digits", field="id")
+        raise rulemod.RuleError("a rule id is `module.rule` or 32 hex digits", "id")
+    for key, schema in RULE_BODY["properties"].items():  # JSON types first: 400 invalid
+        if body.get(key) is not None:
+            _field(body, key, JSON_TYPES[schema["type"]])
     offered = await _offered(node) if rid is not None else {}
     patch = {k: v for k, v in body.items() if k not in ("id", "apply_existing")}
 
@@ -91,7 +95,8 @@ async def put_rule(node: Node, body: dict[str, Any]) -> dict[str, Any]:
         return ws.put_rule(rid, {**base, **patch}, apply_existing=apply_existing)
 
     new_id, r = await _command(node, put)
-    node.hub.publish({"type": "rules_changed", "seq": node.current.writer.appended})
+    # `rules_changed` comes from the StateDeriver once the document is applied (as for a
+    # delete, or a rule arriving by sync): publishing it here too would send it twice
     return _result(r, id=new_id)
 
 

@@ -48,8 +48,8 @@ Prints ONE JSON object on stdout (progress goes to stderr):
       write_ms_no_rules / write_ms_with_rules  mean update_record time, the same writes,
                                 before and after the rules were enabled
 
-Usage: python bench/core.py [--scale 0.1] [--chunk 500] [--dir DIR] [--only core|conflicts|modules|rules]
-                          [--repeat 3]
+Usage: python bench/core.py [--scale 0.1] [--chunk 500] [--dir DIR]
+                          [--only core|conflicts|modules|rules] [--repeat 3]
        (--scale 0.1 runs every phase at 10 %; the default is full size. --only conflicts runs
        just the conflict benchmark; its figures are under the key "conflicts".)
 """

@@ -14,6 +14,7 @@ import { Staging } from "./staging.js";
 import { Sync } from "./sync.js";
 import { newWorkspaceDialog, showRecoverySecret } from "./access.js";
 import { Modules } from "./modules.js";
+import { Rules } from "./rules.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -129,8 +130,19 @@ const sync = new Sync({
 
 const modules = new Modules({
   reportError,
-  afterAdopt: (seq) => refreshTables(seq),
+  afterAdopt: (seq) => Promise.all([refreshTables(seq), rules.refresh().catch(() => {})]),
   viewsChanged: () => renderViewTabs(),
+  // J4: an adopted module's entry says which rules it offers, with a way to the Rules panel
+  decorate: (m, li) => rules.decorateModule(m, li),
+});
+
+const rules = new Rules({
+  reportError,
+  afterWrite: (seq) => ctx.afterWrite(seq),
+  moduleName: (id) => (modules.modules.find((m) => m.id === id) || {}).name || null,
+  overlayName: (id) => (staging.overlays.find((o) => o.id === id) || {}).name || null,
+  refreshOverlays: () => staging.refresh(),
+  offersChanged: () => { if (modules.panel) modules.renderPanel(); },
 });
 
 // --- module views (spec 04 §1; J4) --------------------------------------------------------
@@ -371,7 +383,8 @@ async function reloadAll() {
   await Promise.all([conflicts.refresh().catch((e) => reportError(e, "Couldn't load conflicts")),
     staging.refresh().catch((e) => reportError(e, "Couldn't load overlays")),
     sync.refresh().catch((e) => reportError(e, "Couldn't load the sync status")),
-    modules.refresh().catch((e) => reportError(e, "Couldn't load the modules"))]);
+    modules.refresh().catch((e) => reportError(e, "Couldn't load the modules")),
+    rules.reload().catch((e) => reportError(e, "Couldn't load the rules"))]);
 }
 
 function renderTableList() {
@@ -533,6 +546,7 @@ async function newWorkspace() {
 // --- events -------------------------------------------------------------------------------
 
 function onEvent(ev) {
+  if (rules.onEvent(ev)) return; // rule_proposals_changed, rules_changed, automation_suspended
   switch (ev.type) {
     case "records_changed":
       recordsByTable.delete(ev.table);

@@ -211,6 +211,7 @@ export class Modules {
         b.addEventListener("click", () => this.adopt(m, newest, b).catch(() => {}));
         li.append(b);
       }
+      if (this.ctx.decorate) this.ctx.decorate(m, li); // e.g. "1 rule offered — Open Rules"
       list.append(li);
     }
   }

@@ -52,8 +52,18 @@ export class Staging {
     this.overlays = r.overlays || [];
     this.active = this.overlays.find((o) => o.id === r.active) ||
       this.overlays.find((o) => o.status === "active") || null;
+    let ch = null;
     if (this.active) {
-      const ch = await api.get(`/overlays/${encodeURIComponent(this.active.id)}/changes`);
+      try {
+        ch = await api.get(`/overlays/${encodeURIComponent(this.active.id)}/changes`);
+      } catch (e) {
+        // discarded or committed between the two requests: its overlays_changed event
+        // reloads us, so this is not an error to show
+        if (e.status !== 404) throw e;
+        this.active = null;
+      }
+    }
+    if (ch) {
       this.changes = ch.changes || [];
       this.drift = ch.drift || [];
     } else {

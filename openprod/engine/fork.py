@@ -2,7 +2,8 @@
 
 Owns the reading side of a fork: what of the derived state is copied and as which payloads.
 `Workspace.fork` seals them into `import` bundles of the new workspace. Copied: the schema
-(tables, fields with type/options/CRDT flag, edge types), field mappings, every live entity
+(tables, fields with type/options/CRDT flag, edge types), field mappings, the `module`, `rule`
+and `script` config documents, every live entity
 under the same id with its attached facets and each field's *displayed* value (for an open
 conflict the value the conflict projection shows), CRDT text as one full-state update, and every
 visible edge under the same id with its index and displayed properties. Not copied: history,
@@ -29,7 +30,8 @@ BUNDLE_BYTES = 4 << 20
 
 
 def schema_ops(views: Views) -> list[O.Payload]:
-    """Tables and their fields (in display order), edge types, then mapping decisions."""
+    """Tables and their fields (in display order), edge types, mapping decisions, then the
+    module, rule and script documents."""
     out: list[O.Payload] = []
     for t in views.tables():
         out.append(O.DefineTable(t.facet, t.label))
@@ -47,6 +49,12 @@ def schema_ops(views: Views) -> list[O.Payload]:
         fb, nb = values.split_field_key(key_b)
         cls = O.ConfirmFieldMapping if confirmed else O.RejectFieldMapping
         out.append(cls(fa, na, fb, nb))
+    # The documents that describe the data (adopted modules, rules, workspace scripts) travel
+    # with it; profiles and lifecycle config do not (the fork has its own owner and members).
+    for ns, key, raw in views.conn.execute(
+            "SELECT ns, key, value FROM config WHERE ns IN ('module', 'rule', 'script')"
+            " AND value IS NOT NULL ORDER BY ns, key"):
+        out.append(O.PutConfig(str(ns), str(key), codec.decode(bytes(raw))))
     return out
 
 

@@ -10,7 +10,7 @@ one `overlay_commit` bundle.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import apsw
@@ -24,7 +24,7 @@ from openprod.storage import db
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS overlays(
   id BLOB PRIMARY KEY, name TEXT NOT NULL, source BLOB NOT NULL, status TEXT NOT NULL,
-  created_at INTEGER NOT NULL, commit_bundle BLOB);
+  created_at INTEGER NOT NULL, commit_bundle BLOB, meta BLOB);
 CREATE TABLE IF NOT EXISTS overlay_ops(
   overlay_id BLOB NOT NULL, seq INTEGER NOT NULL, local_op_id BLOB NOT NULL, t TEXT NOT NULL,
   payload BLOB NOT NULL, entity_id BLOB, skey TEXT, base_op_id BLOB, base_value BLOB,
@@ -135,12 +135,17 @@ class OverlayStore:
         self.conn = conn
         with db.transaction(conn):
             conn.execute(SCHEMA)
+            if "meta" not in {r[1] for r in conn.execute("PRAGMA table_info(overlays)")}:
+                conn.execute("ALTER TABLE overlays ADD COLUMN meta BLOB")  # before issue 7
             conn.execute("UPDATE overlays SET status = 'stashed' WHERE status = 'active'")
         # in-memory overlay undo/redo: oid -> list of steps (each a list of rows)
         self.undo: dict[bytes, list[list[Row]]] = {}
         self.redo: dict[bytes, list[list[Row]]] = {}
         self._step = 0
         self.version = 0  # bumped on every change (the facade caches the active state on it)
+        # a script run's overlay, standing in for the active one while one of its calls runs
+        # (the user's own active overlay is untouched; see Workspace.staging_into)
+        self.override: bytes | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
     def forget_committed(self, in_oplog: Any) -> list[bytes]:
@@ -153,7 +158,9 @@ class OverlayStore:
         return gone
 
     def create(self, name: str, source: Sequence[str] = ("user",), *, active: bool = True,
-               ) -> bytes:
+               meta: Mapping[str, Any] | None = None) -> bytes:
+        """A new overlay. `meta` (a script run's: its `script` document and trigger depth) is
+        kept with it and the `script` part goes into the commit bundle's meta."""
         if not isinstance(name, str) or not name.strip() or len(name) > O.MAX_LABEL:
             raise ValidationError(f"an overlay needs a name of 1-{O.MAX_LABEL} characters")
         oid = ids.new_id()
@@ -161,15 +168,16 @@ class OverlayStore:
             if active:
                 self.conn.execute("UPDATE overlays SET status = 'stashed' WHERE status = 'active'")
             self.conn.execute(
-                "INSERT INTO overlays(id, name, source, status, created_at) VALUES (?,?,?,?,?)",
+                "INSERT INTO overlays(id, name, source, status, created_at, meta)"
+                " VALUES (?,?,?,?,?,?)",
                 (oid, name.strip(), codec.encode(list(source)), "active" if active else "stashed",
-                 int(time.time() * 1000)))
+                 int(time.time() * 1000), codec.encode(dict(meta)) if meta else None))
         self._clear_stacks()
         return oid
 
     def get(self, oid: bytes) -> dict[str, Any]:
-        for _id, name, source, status, created, cb in self.conn.execute(
-            "SELECT id, name, source, status, created_at, commit_bundle FROM overlays"
+        for _id, name, source, status, created, cb, meta in self.conn.execute(
+            "SELECT id, name, source, status, created_at, commit_bundle, meta FROM overlays"
             " WHERE id = ?", (oid,)
         ):
             n = self._scalar("SELECT count(*) FROM overlay_ops WHERE overlay_id = ?", oid)
@@ -178,7 +186,8 @@ class OverlayStore:
             return {"id": oid, "name": name, "source": list(codec.decode(bytes(source))),
                     "status": status, "created_at": created,
                     "commit_bundle": bytes(cb) if cb is not None else None,
-                    "changes": int(n), "drifted": int(d)}
+                    "changes": int(n), "drifted": int(d),
+                    "meta": codec.decode(bytes(meta)) if meta is not None else {}}
         raise OverlayNotFound(f"no overlay {ids.to_text(oid) if ids.is_id(oid) else oid!r}",
                               overlay_id=ids.to_text(oid) if ids.is_id(oid) else repr(oid))
 
@@ -191,6 +200,8 @@ class OverlayStore:
 
     @property
     def active(self) -> bytes | None:
+        if self.override is not None:
+            return self.override
         for (o,) in self.conn.execute("SELECT id FROM overlays WHERE status = 'active'"):
             return bytes(o)
         return None

@@ -162,6 +162,8 @@ def normalize(rid: str, doc: Mapping[str, Any], views: Views) -> dict[str, Any]:
     # Type-check against the schema now when the tables exist (04 §5 static typing).
     compiled = compile_rule(rid, out, views, views.proj.slot_of)
     if isinstance(compiled, Rule):
+        if when is not None:  # stored by field name and table id, so relabelling is harmless
+            out["when"] = _by_name(when, views.table(out["source"]), views)
         # `set` names are stored as the field names the compiled rule resolved
         out["set"] = [{**e, "field": s.field} | ({"copy_from": s.copy_from} if s.copy_from
                                                   else {})
@@ -170,6 +172,34 @@ def normalize(rid: str, doc: Mapping[str, Any], views: Views) -> dict[str, Any]:
         codec.check(out)
     except Exception as exc:
         raise RuleError(f"not storable: {exc}", "") from None
+    return out
+
+
+def _by_name(c: Any, table: TableDef | None, views: Views) -> Any:
+    """A checked condition with fields named by name and tables by id (labels are for
+    people and may change)."""
+    if not isinstance(c, Mapping):
+        return c
+    out = dict(c)
+    for k in ("all", "any"):
+        if k in out:
+            out[k] = [_by_name(x, table, views) for x in out[k]]
+    if "not" in out:
+        out["not"] = _by_name(out["not"], table, views)
+    if "in_table" in out:
+        out["in_table"] = views.table(out["in_table"]).facet
+    if "field" in out and table is not None and out["field"] != querymod.ID_FIELD:
+        out["field"] = table.field(out["field"]).name
+    if "edge" in out:
+        if "props" in out:
+            out["props"] = _by_name(out["props"], None, views)
+        other = out.get("other")
+        if isinstance(other, Mapping):
+            ot = views.table(other["table"])
+            o = {"table": ot.facet}
+            if "where" in other:
+                o["where"] = _by_name(other["where"], ot, views)
+            out["other"] = o
     return out
 
 
@@ -206,10 +236,13 @@ class Dormant:
 
 
 def compile_rule(rid: str, doc: Mapping[str, Any], views: Views,
-                 slot_of: Callable[[str, str], str]) -> Rule | Dormant:
+                 slot_of: Callable[[str, str], str],
+                 tables: Mapping[str, TableDef] | None = None) -> Rule | Dormant:
     """A stored document against the current schema: a `Rule`, or `Dormant` while a table it
-    names does not exist (a field or type problem in an existing table raises RuleError)."""
-    tables = {t.facet: t for t in views.tables()}
+    names does not exist (a field or type problem in an existing table raises RuleError).
+    `tables`: the schema's tables by facet, when the caller already read them."""
+    if tables is None:
+        tables = {t.facet: t for t in views.tables()}
     for k in ("source", "target"):
         if doc[k] not in tables:
             return Dormant(rid, f"table {doc[k]} does not exist here yet")
@@ -334,9 +367,10 @@ class RuleSet:
                  ) -> None:
         slot = slot_of or views.proj.slot_of
         infos: dict[str, RuleInfo] = {}
+        tables = {t.facet: t for t in views.tables()} if docs else {}
         for rid, doc in sorted(docs.items()):
             try:
-                c = compile_rule(rid, _with_defaults(doc), views, slot)
+                c = compile_rule(rid, _with_defaults(doc), views, slot, tables)
             except (RuleError, KeyError, TypeError) as exc:
                 infos[rid] = RuleInfo(rid, dict(doc), None, "invalid", str(exc))
                 continue
@@ -427,6 +461,10 @@ class StateView(Protocol):
         """Displayed values of e's fields in that table (read whether or not e is a member)."""
         ...
 
+    def conflicted(self, e: bytes, facet: str) -> set[str]:
+        """Names of e's fields in that table with an open conflict."""
+        ...
+
     def edges_at(self, etype: str, direction: str, e: bytes) -> Sequence[querymod.EdgeRow]: ...
 
     def edge_info(self, g: bytes) -> tuple[str, bytes, bytes] | None:
@@ -468,7 +506,7 @@ class CanonicalView:
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
         self.views = schema.views
-        self._vals: dict[tuple[bytes, str], dict[str, Any]] = {}
+        self._vals: dict[tuple[bytes, str], tuple[dict[str, Any], set[str]]] = {}
 
     def is_live(self, e: bytes) -> bool:
         return self.views.is_live(e)
@@ -479,14 +517,24 @@ class CanonicalView:
     def facets_of(self, e: bytes) -> set[str]:
         return set(self.views.attached(e)) if self.views.is_live(e) else set()
 
-    def field_values(self, e: bytes, facet: str) -> dict[str, Any]:
+    def _record(self, e: bytes, facet: str) -> tuple[dict[str, Any], set[str]]:
         key = (e, facet)
         v = self._vals.get(key)
         if v is None:
             t = self.schema.tables.get(facet)
-            v = {} if t is None else self.views.record_values(e, t)[0]
+            if t is None:
+                v = ({}, set())
+            else:
+                vals, conflicts = self.views.record_values(e, t)
+                v = (vals, set(conflicts))
             self._vals[key] = v
         return v
+
+    def field_values(self, e: bytes, facet: str) -> dict[str, Any]:
+        return self._record(e, facet)[0]
+
+    def conflicted(self, e: bytes, facet: str) -> set[str]:
+        return self._record(e, facet)[1]
 
     def edges_at(self, etype: str, direction: str, e: bytes) -> list[querymod.EdgeRow]:
         return [querymod.EdgeRow(ids.from_text(d["src"]), ids.from_text(d["dst"]),
@@ -602,6 +650,9 @@ class Layer:
                 if (e, slot) in self.writes:
                     vals[name] = self.writes[(e, slot)]
         return vals
+
+    def conflicted(self, e: bytes, facet: str) -> set[str]:
+        return set() if e in self.created else self.base.conflicted(e, facet)
 
     def edge_info(self, g: bytes) -> tuple[str, bytes, bytes] | None:
         n = self.edges_new.get(g)
@@ -798,7 +849,11 @@ class Evaluation:
             touched = touched_keys(pending, before, after)
             work = after.copy()  # after + what this depth generates so far
             new: list[O.Payload] = []
-            for rule, e in self._candidates(touched, before, after):
+            for n, (rule, e) in enumerate(self._candidates(touched, before, after)):
+                if n % 256 == 255 and self.clock() > deadline:  # a wide depth is checked too
+                    raise RuleLimitExceeded(
+                        "time", f"rules ran longer than {self.max_seconds:g} s for one edit",
+                        chain)
                 if (rule.id, e) in fired:
                     continue
                 m0, m1 = matches(rule, e, before), matches(rule, e, after)
@@ -866,7 +921,11 @@ def attach_ops(rule: Rule, e: bytes, view: Layer) -> list[O.Payload]:
         out.append(O.AttachFacet(e, rule.target))
     cur = view.field_values(e, rule.target)
     src = view.field_values(e, rule.source) if any(s.copy_from for s in rule.sets) else {}
+    # a rule never decides a conflict: a field with competing values is left to a person
+    open_conflicts = view.conflicted(e, rule.target) if rule.sets else set()
     for s in rule.sets:
+        if s.field in open_conflicts:
+            continue
         x = src.get(s.copy_from) if s.copy_from is not None else s.value
         if x is None or (x == "" and s.ftype == "text"):
             continue  # an empty copy_from is skipped

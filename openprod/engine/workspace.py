@@ -8,11 +8,12 @@ and returns the seq it appended; reads see every write the call made (read-your-
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -491,8 +492,13 @@ class Workspace:
         ctx.created.add(e)
         ctx.attached.add((e, table.facet))
         payloads: list[O.Payload] = [O.CreateEntity(e), O.AttachFacet(e, table.facet)]
-        payloads += self._write_ops(e, table, {k: v for k, v in vals.items() if v is not None},
-                                    ctx)
+        given = {k: v for k, v in vals.items() if v is not None}
+        named = {table.field(k).name for k in given}
+        for f in table.fields:  # a field's default (module manifests) fills what was not given
+            d = f.opts.get("default")
+            if d is not None and f.name not in named and not f.crdt:
+                given[f.name] = values.to_user(d)
+        payloads += self._write_ops(e, table, given, ctx)
         return e, payloads
 
     def create_record(self, table: str, vals: Mapping[str, Any] | None = None) -> Result:
@@ -806,8 +812,9 @@ class Workspace:
         if c is not None and c[0] == fp and not self.local_automations:
             return c[1]
         rs = rulemod.RuleSet(rulemod.read_docs(self.views) if fp else {}, self.views,
-                             external=self._local_automations())
-        self._rules_cache = (fp, rs)
+                             external=self._local_automations(self.proj.slot_of))
+        if not self.local_automations:  # a set built with them must not outlive them
+            self._rules_cache = (fp, rs)
         return rs
 
     def _local_automations(self, slot_of: Callable[[str, str], str] | None = None,
@@ -862,6 +869,7 @@ class Workspace:
         cycles first; `apply_existing` then adds every current match in one more bundle."""
         rid = rid or rulemod.new_rule_id()
         norm = rulemod.normalize(rid, doc, self.views)
+        compiled: rulemod.Rule | rulemod.Dormant | None = None
         if norm["enabled"]:
             compiled = rulemod.compile_rule(rid, norm, self.views, self.proj.slot_of)
             if isinstance(compiled, rulemod.Rule):
@@ -869,8 +877,10 @@ class Workspace:
         res = self._commit("user", [O.PutConfig(rulemod.RULE_NS, rid, norm)], push_undo=False)
         if not norm["enabled"]:
             self.proposals.drop_rule(rid)
-        if apply_existing and norm["enabled"]:
-            applied = self.apply_rule(rid)
+        if apply_existing and isinstance(compiled, rulemod.Rule):
+            # the compiled rule, not the rule set: under the node's writer the projection
+            # does not show the document just written until the command is over
+            applied = self.apply_rule(rid, compiled)
             if applied.bundle_id is not None or applied.staged:
                 res = applied
         return rid, res
@@ -882,16 +892,17 @@ class Workspace:
         self.proposals.drop_rule(rid)
         return res
 
-    def apply_rule(self, rid: str) -> Result:
+    def apply_rule(self, rid: str, rule: rulemod.Rule | None = None) -> Result:
         """"Apply to existing": attach every current match not yet in the target, in one
         bundle (itself a triggering event), in the current context."""
-        info = self.rule_set().infos.get(rid)
-        if info is None:
-            raise rulemod.RuleNotFound(f"no rule {rid!r}", rule_id=rid)
-        if info.rule is None or info.status != "active":
-            raise ValidationError(f"rule {rid!r} is {info.status}, not active", rule_id=rid,
-                                  status=info.status)
-        rule = info.rule
+        if rule is None:
+            info = self.rule_set().infos.get(rid)
+            if info is None:
+                raise rulemod.RuleNotFound(f"no rule {rid!r}", rule_id=rid)
+            if info.rule is None or info.status != "active":
+                raise ValidationError(f"rule {rid!r} is {info.status}, not active",
+                                      rule_id=rid, status=info.status)
+            rule = info.rule
         view = rulemod.Layer(self._rule_base(self.overlays.active))
         members = self.list_records(rule.source)
         payloads: list[O.Payload] = []
@@ -961,12 +972,13 @@ class Workspace:
         view = rulemod.Layer(self._rule_base(p.context))
         gen = (rulemod.attach_ops(rule, p.entity, view) if p.action == "attach"
                else rulemod.detach_ops(rule, p.entity, view))
-        self.proposals.delete([p.id])
-        ev = self._fire_rules(gen, p.context)
+        ev = self._fire_rules(gen, p.context)  # may raise RuleLimitExceeded: keep p then
         if p.context is None:
-            return self._commit("user", ev.payloads, fired=ev)
-        res = self._stage(p.context, ev.payloads, (), None)
-        self._record_proposals(ev, p.context)
+            res = self._commit("user", ev.payloads, fired=ev)
+        else:
+            res = self._stage(p.context, ev.payloads, (), None)
+            self._record_proposals(ev, p.context)
+        self.proposals.delete([p.id])  # answered only once its change is written or staged
         return res
 
     def dismiss_proposal(self, pid: bytes | str) -> None:
@@ -1357,6 +1369,18 @@ class Workspace:
                 drifted.append(f.name)
         return staged, drifted
 
+    @contextlib.contextmanager
+    def staging_into(self, oid: bytes) -> Iterator[None]:
+        """Commands inside stage into overlay `oid` and read canonical + it, as if it were the
+        active overlay, without changing which overlay the user has active (script runs)."""
+        self.overlays.get(oid)
+        prev = self.overlays.override
+        self.overlays.override = oid
+        try:
+            yield
+        finally:
+            self.overlays.override = prev
+
     def create_overlay(self, name: str) -> bytes:
         """A new user overlay, made active (the current one is stashed)."""
         return self.overlays.create(name)
@@ -1570,7 +1594,10 @@ class Workspace:
         source = info["source"]
         kind = {"script": "script", "import": "import"}.get(source[0], "overlay_commit")
         pre = undomod.preimage(self.views, payloads)
-        bundle = self._seal(kind, payloads, {"source": source, "name": info["name"]})
+        meta: dict[str, Any] = {"source": source, "name": info["name"]}
+        if kind == "script" and "script" in info["meta"]:
+            meta["script"] = info["meta"]["script"]  # spec 04 §7.1 step 4
+        bundle = self._seal(kind, payloads, meta)
         store.note_commit(o, bundle.bundle_id)
         try:
             self.storage.append([bundle])

@@ -203,3 +203,32 @@ def test_fork_of_a_fork_and_empty_workspace(net: Net, tmp_path: Path) -> None:
             f2.close()
     finally:
         f1.close()
+
+
+def test_fork_keeps_module_and_rule_documents(net: Net, tmp_path: Path) -> None:
+    """Adopted modules and rules describe the data: a fork keeps them (and they still work)."""
+    from openprod.engine.manifest import load_package
+
+    modules = Path(__file__).resolve().parents[2] / "modules"
+    a = net.add_peer("a")
+    a.adopt_module(load_package(modules / "contacts"))
+    a.adopt_module(load_package(modules / "crew-calls"))
+    rid, _ = a.put_rule("crew_calls.crew_are_contacts", {
+        "source": "crew_calls.Crew", "target": "contacts.People",
+        "when": {"field": "active", "op": "eq", "value": True}, "auto_accept": True,
+        "enabled": True})
+    forked, _ = a.fork(tmp_path / "fork", "Fork")
+    try:
+        assert [r["id"] for r in forked.list_rules()] == [rid]
+        assert forked.list_rules()[0]["status"] == "active"
+        assert set(modmod_configs(forked)) == {"contacts", "crew_calls"}
+        e = forked.create_record("crew_calls.Crew", {"name": "Ann"}).id
+        assert "contacts.People" in forked.get_record(e)["tables"]
+    finally:
+        forked.close()
+
+
+def modmod_configs(ws: Workspace) -> dict[str, Any]:
+    from openprod.engine.modules import module_configs
+
+    return module_configs(ws.views)

@@ -402,6 +402,37 @@ class Peer:
             body["expected_tips"] = list(expected_tips)
         return dict(await self.post("/conflicts/resolve", body, keep_none=True))
 
+    # --- rules (spec 04 §6) ---------------------------------------------------------------
+    async def put_rule(self, rule: Mapping[str, Any] | None = None, /, **fields: Any,
+                       ) -> dict[str, Any]:
+        """`POST /rules/put` with `rule` and/or keyword fields (`id`, `label`, `source`,
+        `target`, `when`, `set`, `auto_accept`, `on_condition_lost`, `enabled`,
+        `apply_existing`); keys left out keep the current (or module manifest) value.
+        Returns {id, seq, bundle_id?}."""
+        return dict(await self.post("/rules/put", {**dict(rule or {}), **fields}))
+
+    async def list_rules(self) -> list[dict[str, Any]]:
+        """`GET /rules/list`: every rule document with its `status` (active, disabled, dormant,
+        suspended, invalid, offered)."""
+        return list((await self.get("/rules/list"))["rules"])
+
+    async def delete_rule(self, id: str) -> dict[str, Any]:
+        return dict(await self.post("/rules/delete", {"id": id}))
+
+    async def apply_rule(self, id: str) -> dict[str, Any]:
+        """`POST /rules/apply`: {id, changed, seq, bundle_id?}."""
+        return dict(await self.post("/rules/apply", {"id": id}))
+
+    async def proposals(self) -> list[dict[str, Any]]:
+        """`GET /rules/proposals`: this peer's open proposals, re-checked."""
+        return list((await self.get("/rules/proposals"))["proposals"])
+
+    async def accept_proposal(self, id: str) -> dict[str, Any]:
+        return dict(await self.post("/rules/proposals/accept", {"id": id}))
+
+    async def dismiss_proposal(self, id: str) -> dict[str, Any]:
+        return dict(await self.post("/rules/proposals/dismiss", {"id": id}))
+
     # --- overlays --------------------------------------------------------------------------
     async def create_overlay(self, name: str) -> str:
         return str((await self.post("/overlays/create", {"name": name}))["overlay_id"])
