@@ -27,6 +27,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/core.py
 	$(BIN)/python bench/sync.py
+	$(BIN)/python bench/scripts.py
+	$(BIN)/python bench/blobs.py
 
 clean:
 	rm -rf $(VENV)

@@ -52,6 +52,10 @@ STATUS = {
     "module_not_installed": 404, "module_version_conflict": 409,
     "rule_not_found": 404, "proposal_not_found": 404, "proposal_stale": 409,
     "cycle_detected": 409, "rule_limit_exceeded": 422,
+    "unavailable": 404, "no_thumbnail": 404, "blob_unknown": 400, "blob_too_large": 413,
+    "range_not_satisfiable": 416,
+    "script_not_found": 404, "run_not_found": 404, "capability_required": 409,
+    "capability_denied": 403, "run_queue_full": 503,
 }
 
 Handler = Callable[..., Awaitable[Any]]
@@ -974,6 +978,7 @@ def openapi() -> dict[str, Any]:
         "security": [], "parameters": [{"name": n, "in": "path", "required": True,
                                         "schema": STR} for n in ("id", "version", "file")],
         "responses": {"200": {"description": "a file"}}}}
+    paths.update(api_blobs.openapi_paths())  # upload, download, thumbnail (not JSON)
     return {
         "openapi": "3.1.0",
         "info": {"title": "openprod engine API", "version": "1",
@@ -1080,6 +1085,7 @@ def create_app(node: Node) -> QuartTrio:
     for r in ROUTES:
         app.add_url_rule(r.path, endpoint=r.handler.__name__, view_func=_wrap(node, r),
                          methods=[r.method])
+    api_blobs.install(app, node)  # streamed upload, file downloads and thumbnails
 
     @app.websocket("/events")
     async def events() -> None:
@@ -1162,6 +1168,9 @@ async def serve_api(node: Node, host: str, port: int, *,
     # Hypercorn's own "Running on http://…" line lacks the token; the CLI prints the real link.
     config.loglevel = "WARNING"
     config.graceful_timeout = 5
+    # ASGI messages Hypercorn queues per connection before it stops reading the socket: reads
+    # are up to 1 MiB (api_blobs.RECV_SIZE), so its default of 10 would buffer 10 MiB of an upload
+    config.max_app_queue_size = 2
 
     async def started(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
                       ) -> None:
@@ -1176,8 +1185,8 @@ async def serve_api(node: Node, host: str, port: int, *,
 
 # The module and field-mapping routes live in their own module; importing it registers them in
 # ROUTES (it imports this module's helpers, hence the import at the end).
-from actors import api_modules, api_rules  # noqa: E402
+from actors import api_blobs, api_modules, api_rules, api_scripts  # noqa: E402
 from actors.api_modules import serve_view  # noqa: E402
 
-__all__ = ["ROUTES", "NotFound", "api_modules", "api_rules", "create_app", "openapi",
-           "serve_api"]
+__all__ = ["ROUTES", "NotFound", "api_blobs", "api_modules", "api_rules", "api_scripts",
+           "create_app", "openapi", "serve_api"]

@@ -1,4 +1,4 @@
-"""The `openprod` command: serve, init, identity, verify, connect.
+"""The `openprod` command: serve, init, identity, verify, blobs verify, connect.
 
 `serve` records where its API listens in `<home>/engine.json` (removed on exit), so that other
 commands on this machine (`connect`) can reach the running engine with `<home>/api-token`.
@@ -160,6 +160,31 @@ def cmd_verify(args: argparse.Namespace) -> int:
         home.unlock()
 
 
+def cmd_blobs_verify(args: argparse.Namespace) -> int:
+    """Re-hash every file of a workspace's blob store (spec 03 §7 Housekeeping)."""
+    from openprod.engine.blobs import BlobStore
+
+    home = _home(args)
+    home.lock()
+    try:
+        ident = home.identity()
+        ws_id = args.workspace or home.last() or home.default_workspace(ident)
+        store = BlobStore.for_workspace(home.workspace_path(ws_id))
+        try:
+            report = store.verify()
+        finally:
+            store.close()
+        print(f"workspace {ws_id}: {report['checked']} files checked, {report['ok']} ok, "
+              f"{len(report['corrupt'])} corrupt, {len(report['missing'])} missing")
+        for h in report["corrupt"]:
+            print(f"  corrupt, removed: {h}")
+        for h in report["missing"]:
+            print(f"  missing:          {h}")
+        return 1 if report["corrupt"] else 0
+    finally:
+        home.unlock()
+
+
 class CliError(Exception):
     """A failure of a client command, printed as `openprod: <message>` (exit 2)."""
 
@@ -266,6 +291,18 @@ def parser() -> argparse.ArgumentParser:
     common(s)
     s.add_argument("--workspace", metavar="ID")
     s.set_defaults(fn=cmd_verify)
+
+    s = sub.add_parser("blobs", help="check the stored files (attachments)")
+    actions = s.add_subparsers(dest="blobs_command", required=True, metavar="ACTION")
+    v = actions.add_parser("verify", help="re-hash every stored file; remove corrupt ones",
+                           description="Re-hash every file in the workspace's blob store. A "
+                                       "file whose bytes no longer match its hash is removed "
+                                       "(and fetched again from a peer when next needed). "
+                                       "Exit status 1 when any was corrupt. Stop the engine "
+                                       "first.")
+    common(v)
+    v.add_argument("--workspace", metavar="ID")
+    v.set_defaults(fn=cmd_blobs_verify)
     return p
 
 

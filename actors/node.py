@@ -7,6 +7,7 @@
     │   ├── OplogWriter      sole writer: commands and ingest; owns the overlay store
     │   ├── OverlayManager   drift re-check after canonical changes (wakes after conflicts)
     │   ├── SyncService      LAN sync links, dialers, live push (`session.sync`)
+    │   ├── ScriptRunner     Lua runs in the sandbox host process (`session.scripts`)
     │   └── services         what the Node adds for a served engine (`NetConfig`): the sync
     │                        listener on the peer port and mDNS discovery (advertise + browse)
     └── Api                Quart-Trio on Hypercorn (HTTP, WebSocket /events, web/)
@@ -36,12 +37,14 @@ import attrs
 import ifaddr
 import trio
 
+from actors import blocking
 from actors.conflict_manager import ConflictManager, ConflictReader
 from actors.events import EventHub
 from actors.home import Home
 from actors.oplog_writer import OplogWriter
 from actors.overlay_manager import OverlayManager
 from actors.reader import Reader
+from actors.script_runner import ScriptRunner
 from actors.state_deriver import StateDeriver
 from actors.sync_service import SyncService
 from openprod.core import hlc as hlcmod
@@ -95,7 +98,7 @@ class Session:
     def __init__(self, path: Path, ident: Identity, hub: EventHub, *,
                  now: Callable[[], int] = hlcmod.system_ms,
                  sync: dict[str, Any] | None = None,
-                 services: Sequence[Service] = ()) -> None:
+                 services: Sequence[Service] = (), home: Home | None = None) -> None:
         self.path = path
         self.ws = Workspace.open(path, ident, now=now, derive=False)
         self.ws_id = ids.to_text(self.ws.ws)
@@ -108,6 +111,10 @@ class Session:
         self.reader = Reader(path / OPLOG_FILE)
         self.conflict_reader = ConflictReader(path / OPLOG_FILE)
         self.sync = SyncService(self, hub, now_ms=now, **(sync or {}))
+        # scripts need this user's module store and settings: only a Node's sessions have them
+        self.scripts: ScriptRunner | None = None
+        if home is not None:
+            self.scripts = ScriptRunner(self, hub, home)
         self.services = tuple(services)
         # the active overlay as of the last writer call (overlays all load stashed)
         self.active_overlay: bytes | None = self.ws.overlays.active
@@ -118,12 +125,16 @@ class Session:
                   ) -> None:
         try:
             with self.cancel_scope:
+                # stale temporary files and fetches cut short by the last stop (spec 03 §7)
+                await blocking.run_sync(self.ws.blobs.housekeep)
                 async with trio.open_nursery() as n:
                     await n.start(self.deriver.run)
                     await n.start(self.conflicts.run)
                     await n.start(self.writer.run)
                     await n.start(self.overlays.run)
                     await n.start(self.sync.run)
+                    if self.scripts is not None:
+                        n.start_soon(self.scripts.run)  # compiles triggers via the writer
                     # bring the projections up to the oplog head before serving reads
                     head = self.ws.storage.head_seq()
                     self.deriver.notify(head)
@@ -189,7 +200,8 @@ class Node:
             old, self.session = self.session, None
             await old.stop()
         session = Session(path, self.ident, self.hub, now=self.now,
-                          sync=self._sync_options(ws_id), services=self._services())
+                          sync=self._sync_options(ws_id), services=self._services(),
+                          home=self.home)
         await self._nursery.start(session.run)
         self.session = session
         self.home.set_last(ws_id)

@@ -45,6 +45,8 @@ class OplogWriter:
         self.closing = False
         # told the new head after each append (the SyncService's fan-out); must not block
         self.listeners: list[Callable[[int], None]] = []
+        # told the on-change runs a local commit fired (the ScriptRunner); must not block
+        self.fired_listeners: list[Callable[[list[Any]], None]] = []
 
     async def call(self, fn: Callable[[Workspace], T], label: str = "") -> T:
         """Run fn(workspace) on the writer and return its result (or raise its error)."""
@@ -63,6 +65,11 @@ class OplogWriter:
         self.closing = True
         self._send.close()
 
+    def waiting(self) -> int:
+        """How many commands are queued behind the running one (a long command that can stop
+        early, like a script's burst of calls, checks it from the writer's thread)."""
+        return self._recv.statistics().current_buffer_used
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                   ) -> None:
         task_status.started()
@@ -76,6 +83,10 @@ class OplogWriter:
                         await self.conflicts.wait_applied(self.appended)
                     result = await blocking.run_sync(self._run, msg.fn,
                                                            limiter=self._limiter)
+                    fired = self.ws.take_fired()
+                    if fired:
+                        for fl in self.fired_listeners:
+                            fl(fired)
                     head = self.ws.storage.head_seq()
                     if head > self.appended:
                         self.appended = head
@@ -110,7 +121,9 @@ class OplogWriter:
         conn = self.ws.proj.conn
         conn.execute("BEGIN")  # one consistent snapshot of the derived tables for validation
         try:
-            self.ws.proj.refresh()  # schema/slot/redirect caches as the deriver committed them
+            # schema/slot/redirect caches as the deriver committed them (one query when the
+            # schema token says nothing changed)
+            self.ws.proj.refresh()
             result: outcome.Outcome[Any] = outcome.capture(fn, self.ws)
             return result
         finally:

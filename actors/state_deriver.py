@@ -8,6 +8,7 @@ name) change, `rules_changed`, and `automation_suspended` for rules that a synce
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ class StateDeriver(ProjectionActor[StateProjection, dict[str, Any]]):
         # applied seq after its events
         super().__init__(proj, hub)
         self.views = Views(proj)
+        # told when tables or fields changed (the ScriptRunner recompiles its triggers)
+        self.schema_listeners: list[Callable[[], None]] = []
         self._suspended: set[str] = set(
             rulemod.RuleSet(rulemod.read_docs(self.views), self.views).suspended)
 
@@ -75,6 +78,9 @@ class StateDeriver(ProjectionActor[StateProjection, dict[str, Any]]):
         if ch["replayed"]:
             self.hub.publish({"type": "resync", "seq": seq})
             return seq
+        if ch["tables"] or ch["replayed"]:
+            for fn in self.schema_listeners:
+                fn()
         if ch["tables"]:
             self.hub.publish({"type": "tables_changed", "seq": seq})
         for table, entity_ids in sorted(ch["by_table"].items()):

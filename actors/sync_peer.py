@@ -59,15 +59,21 @@ class LinkFailed(Exception):
 
 
 class Lanes:
-    """Outgoing messages: a control lane always served before the bounded data lane."""
+    """Outgoing messages: a control lane always served first, then the bounded data lane and
+    the bounded blob lane taking turns, so ops and acks never wait behind blob chunks (nor
+    chunks forever behind a long catch-up)."""
 
-    def __init__(self, control: int, data: int) -> None:
+    def __init__(self, control: int, data: int, blob: int = 8) -> None:
         self.control: deque[m.Message] = deque()
         self.data: deque[m.Message] = deque()
+        self.blob: deque[m.Message] = deque()
         self.control_cap = control
         self.data_cap = data
+        self.blob_cap = blob
         self._ready = trio.Event()
         self._space = trio.lowlevel.ParkingLot()
+        self._blob_space = trio.lowlevel.ParkingLot()
+        self._blob_turn = False
 
     def put_control(self, msg: m.Message) -> None:
         if len(self.control) >= self.control_cap:
@@ -91,19 +97,30 @@ class Lanes:
         self.data.append(msg)
         self._ready.set()
 
+    async def put_blob(self, msg: m.Message) -> None:
+        while len(self.blob) >= self.blob_cap:
+            await self._blob_space.park()
+        self.blob.append(msg)
+        self._ready.set()
+
     async def get(self) -> m.Message:
-        while not self.control and not self.data:
+        while not self.control and not self.data and not self.blob:
             self._ready = trio.Event()
             await self._ready.wait()
         if self.control:
             return self.control.popleft()
+        self._blob_turn = not self._blob_turn
+        if self.blob and (self._blob_turn or not self.data):
+            msg = self.blob.popleft()
+            self._blob_space.unpark_all()
+            return msg
         msg = self.data.popleft()
         self._space.unpark_all()
         return msg
 
     @property
     def empty(self) -> bool:
-        return not self.control and not self.data
+        return not self.control and not self.data and not self.blob
 
 
 class SyncPeer:
@@ -249,6 +266,14 @@ class SyncPeer:
     def _send_control(self, msg: m.Message) -> None:
         self.lanes.put_control(msg)
 
+    def send_control(self, msg: m.Message) -> None:
+        """For the blob service: a small request (blob_query, blob_get) on the control lane."""
+        self.lanes.put_control(msg)
+
+    async def send_blob(self, msg: m.Message) -> None:
+        """For the blob service: a chunk or blob_err on the blob lane (waits for room)."""
+        await self.lanes.put_blob(msg)
+
     async def _serve(self) -> None:
         inbox_send, inbox_recv = trio.open_memory_channel[m.Ops](0)
         commit_send, commit_recv = trio.open_memory_channel[tuple[m.Ops, list[Checked]]](0)
@@ -302,7 +327,13 @@ class SyncPeer:
                     await self._on_state(msg)
                 elif isinstance(msg, m.Hello | m.Auth | m.ListWorkspaces | m.Directory):
                     raise m.ProtocolError(m.CLOSE_PROTOCOL, f"{msg.T} after the handshake")
-                # blob messages: the blob service arrives with the blob issue; ignored here
+                elif isinstance(msg, m.BlobQuery):
+                    self._send_control(await self.svc.blobs.have(msg))
+                elif isinstance(msg, m.BlobGet):
+                    self.svc.blobs.serve(self, msg)
+                elif isinstance(msg, m.BlobHave | m.BlobChunk | m.BlobErr):
+                    assert self.peer_actor is not None
+                    self.svc.blobs.on_reply(self.peer_actor, msg)
 
     def _reassemble(self, msg: m.Ops) -> m.Ops | None:
         """Large bundles (spec 03 §5): one bundle split over `more`/`cont` messages is buffered

@@ -26,6 +26,7 @@ import trio_websocket
 from trio_websocket import WebSocketConnection, WebSocketRequest
 
 from actors import blocking
+from actors.blob_fetcher import BlobFetcher
 from actors.follower import Follower
 from actors.sync_peer import MISBEHAVIOUR, SyncPeer, VerifyPool, check_split
 from openprod.core import ids
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("openprod.sync")
 RESOURCE = "/openprod/sync"
+# bytes asked of the socket per read (trio-websocket's default is 4 KiB: a 256 KiB blob chunk
+# then took 64 trips through its reader task and wsproto)
+RECEIVE_BYTES = 1024 * 1024
 
 
 @attrs.define
@@ -146,6 +150,7 @@ class SyncService:
         self._sources: set[SyncPeer] = set()
         self._new = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self.blobs = BlobFetcher(self, hub)  # blobs over these links, both ways
 
     # --- state shared with the links ---------------------------------------------------------
 
@@ -198,6 +203,7 @@ class SyncService:
             other.fail(m.CLOSE_DUPLICATE, "replaced by a newer link")
         self.pending.discard(peer)
         self.links[peer.peer_actor] = peer
+        self.blobs.peer_connected()
         self.changed.unpark_all()
 
     # --- the join gate and misbehaviour penalties (spec 03 §2 Join modes, §4 Dialing) ------
@@ -273,6 +279,7 @@ class SyncService:
             self._penalize(peer, code)
         if peer.peer_actor is not None and self.links.get(peer.peer_actor) is peer:
             del self.links[peer.peer_actor]
+            self.blobs.lost(peer.peer_actor)
             self.last_seen[peer.peer_id] = {"peer_id": peer.peer_id, "name": peer.peer_name,
                                             "addr": peer.addr, "code": code,
                                             "at_ms": self.now_ms()}
@@ -326,7 +333,8 @@ class SyncService:
         """Serve one link over a byte stream (the harness's in-memory streams)."""
         async with trio.open_nursery() as n:
             req = await trio_websocket.wrap_server_stream(
-                n, stream, message_queue_size=1, max_message_size=self.config.max_message)
+                n, stream, message_queue_size=1, max_message_size=self.config.max_message,
+                receive_buffer_size=RECEIVE_BYTES)
             conn = await req.accept(subprotocol=m.SUBPROTOCOL)
             code = await self.run_link(conn, "acceptor", addr, via)
             n.cancel_scope.cancel()
@@ -338,7 +346,8 @@ class SyncService:
             conn = await trio_websocket.wrap_client_stream(
                 n, stream,  # type: ignore[arg-type]  # any trio Stream works
                 "peer", RESOURCE, subprotocols=[m.SUBPROTOCOL],
-                message_queue_size=1, max_message_size=self.config.max_message)
+                message_queue_size=1, max_message_size=self.config.max_message,
+                receive_buffer_size=RECEIVE_BYTES)
             code = await self.run_link(conn, "dialer", addr, via)
             n.cancel_scope.cancel()
         return code
@@ -360,7 +369,7 @@ class SyncService:
             server = await n.start(lambda task_status: trio_websocket.serve_websocket(
                 self._handle_request, host, port, ssl_context=None, handler_nursery=None,
                 message_queue_size=1, max_message_size=self.config.max_message,
-                task_status=task_status))
+                receive_buffer_size=RECEIVE_BYTES, task_status=task_status))
             self.port = server.port
             task_status.started(server.port)
 
@@ -371,7 +380,7 @@ class SyncService:
         try:
             async with trio_websocket.open_websocket_url(
                     url, subprotocols=[m.SUBPROTOCOL], message_queue_size=1,
-                    max_message_size=self.config.max_message,
+                    max_message_size=self.config.max_message, receive_buffer_size=RECEIVE_BYTES,
                     connect_timeout=self.config.connect_timeout_s,
                     disconnect_timeout=2) as conn:
                 return await self.run_link(conn, "dialer", f"{host}:{port}", via, dialer)
@@ -384,7 +393,9 @@ class SyncService:
 
     def _start_dialer(self, key: str, host: str, port: int, via: str,
                       delay: float = 0.0, actor: bytes | None = None) -> None:
-        if key in self.dialers or self._nursery is None:
+        old = self.dialers.get(key)
+        # a dialer still closing after its removal does not stand for a re-added peer
+        if (old is not None and not old["cancel"].cancel_called) or self._nursery is None:
             return
         cs = trio.CancelScope()
         info: dict[str, Any] = {"key": key, "host": host, "port": port, "via": via,
@@ -419,7 +430,8 @@ class SyncService:
                     self.changed.unpark_all()
                     await trio.sleep(wait)
         finally:
-            self.dialers.pop(info["key"], None)
+            if self.dialers.get(info["key"]) is info:  # not its replacement (re-added)
+                del self.dialers[info["key"]]
             event = info.pop("closed_event", None)
             if event is not None:  # removed (or shutting down): no retry
                 self._publish(event)
@@ -484,6 +496,7 @@ class SyncService:
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as n:
             self._nursery = n
+            await n.start(self.blobs.run)
             n.start_soon(self._fanout)
             n.start_soon(self._announcer)
             n.start_soon(self._anti_entropy)

@@ -15,6 +15,8 @@ import { Sync } from "./sync.js";
 import { newWorkspaceDialog, showRecoverySecret } from "./access.js";
 import { Modules } from "./modules.js";
 import { Rules } from "./rules.js";
+import { Scripts } from "./scripts.js";
+import { Files } from "./files.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -145,6 +147,33 @@ const rules = new Rules({
   offersChanged: () => { if (modules.panel) modules.renderPanel(); },
 });
 
+const scripts = new Scripts({
+  reportError,
+  afterWrite: (seq) => ctx.afterWrite(seq),
+  tableById,
+  recordName,
+  moduleName: (id) => (modules.modules.find((m) => m.id === id) || {}).name || null,
+  ruleLabel: (id) => rules.labelOf(id),
+  refreshOverlays: () => staging.refresh(),
+  // J14: Review in staging activates the script's overlay (stashing the user's own, if asked)
+  async openInStaging(id) {
+    await staging.refresh();
+    const o = staging.overlays.find((x) => x.id === id);
+    if (o) await staging.activate(o);
+  },
+});
+
+// J9: file cells (uploads, thumbnails, previews, files still on a teammate's device)
+const files = new Files({
+  attach: (id, field, hash) => grid.sendEdit(id, field, hash),
+  fail: (id, field, message) => grid.fail(id, field, message),
+  rerender: (id, field) => grid.rerender(id, field),
+  refresh: (hash) => grid.refreshFiles(hash),
+  recordName: (id) => grid.recordName(id),
+  peerName: (actorId) => sync.names().get(actorId) || null,
+  focusGrid: () => grid.focusActive(),
+});
+
 // --- module views (spec 04 §1; J4) --------------------------------------------------------
 
 let mountedView = null; // {view, changed(table), unmount()} of the view on screen
@@ -213,6 +242,7 @@ const grid = new Grid($("grid-host"), {
   resolveConflict: (id, field) => conflicts.openForCell(id, field)
     .catch((e) => reportError(e, "Couldn't open the conflict")),
   openDrift: () => staging.openDrift(),
+  files,
   addRecord: () => addRecord(),
   deleteRecords: (ids, opts) => deleteRecords(ids, opts),
   async linkChoices(field) {
@@ -374,6 +404,7 @@ function showTableHeader(t) {
 async function reloadAll() {
   recordsByTable.clear();
   labels.clear();
+  files.reset();
   state.tablesSeq = 0;
   state.recordsSeq = 0;
   await refreshWorkspace();
@@ -384,7 +415,8 @@ async function reloadAll() {
     staging.refresh().catch((e) => reportError(e, "Couldn't load overlays")),
     sync.refresh().catch((e) => reportError(e, "Couldn't load the sync status")),
     modules.refresh().catch((e) => reportError(e, "Couldn't load the modules")),
-    rules.reload().catch((e) => reportError(e, "Couldn't load the rules"))]);
+    rules.reload().catch((e) => reportError(e, "Couldn't load the rules")),
+    scripts.reload().catch((e) => reportError(e, "Couldn't load the scripts"))]);
 }
 
 function renderTableList() {
@@ -547,6 +579,8 @@ async function newWorkspace() {
 
 function onEvent(ev) {
   if (rules.onEvent(ev)) return; // rule_proposals_changed, rules_changed, automation_suspended
+  if (scripts.onEvent(ev)) return; // script_*, scripts_changed
+  if (files.onEvent(ev)) return; // blob_fetch_progress, blob_available, blob_fetch_failed
   switch (ev.type) {
     case "records_changed":
       recordsByTable.delete(ev.table);

@@ -15,6 +15,7 @@ export const FIELD_KINDS = [
   { kind: "duration", label: "Duration", type: "duration" },
   { kind: "enum", label: "Choice", type: "enum" },
   { kind: "entity_ref", label: "Record link", type: "entity_ref" },
+  { kind: "blob_ref", label: "File", type: "blob_ref" },
 ];
 
 const TYPE_INFO = {
@@ -28,7 +29,7 @@ const TYPE_INFO = {
   duration: { name: "Duration (h:mm:ss)", icon: "timer" },
   enum: { name: "Choice", icon: "list" },
   entity_ref: { name: "Record link", icon: "link" },
-  blob_ref: { name: "File", glyph: "F" },
+  blob_ref: { name: "File", icon: "file" },
 };
 
 export function kindOf(field) {
@@ -115,11 +116,19 @@ export function toDateTimeLocal(ms) {
     `${pad(d.getHours())}:${pad(d.getMinutes())}${s}`;
 }
 
+const fileNames = new Map(); // hash -> file name, as files.js learnt it from the engine
+
+/** Remember a file's name, so conflicts and staged changes name it instead of its hash. */
+export function rememberFileName(hash, name) {
+  if (name) fileNames.set(hash, name);
+}
+
 /** Plain display text of a value (links and booleans get richer rendering in the grid). */
 export function displayText(field, v) {
   if (v === null || v === undefined) return "";
   if (typeof v === "object") return "(linked value)";
   switch (field.type) {
+    case "blob_ref": return fileNames.get(v) || `File …${String(v).slice(-6)}`;
     case "boolean": return v ? "Yes" : "No";
     case "date": return formatDate(v);
     case "datetime": return formatDateTime(v);

@@ -13,7 +13,7 @@ import { el } from "./dom.js";
 
 const WIDTH = {
   text: 200, longtext: 280, integer: 110, float: 120, boolean: 96, date: 150, datetime: 200,
-  duration: 120, enum: 160, entity_ref: 200, blob_ref: 160,
+  duration: 120, enum: 160, entity_ref: 200, blob_ref: 230,
 };
 const SELECT_W = 44;
 const NUM_W = 52;
@@ -33,6 +33,7 @@ export class Grid {
    *   addRecord(): void;  deleteRecords(ids, {label}): void
    *   linkChoices(field): Promise<[{label, items: [{id, label}]}]>
    *   linkLabel(id): string|null;  onRows(count): void;  onSelection(ids): void
+   *   files: the Files of files.js (file cells: drop, attach, preview)
    */
   constructor(host, ctl) {
     this.host = host;
@@ -135,6 +136,9 @@ export class Grid {
     this.tableEl.addEventListener("dblclick", (e) => this.onDblClick(e));
     this.tableEl.addEventListener("change", (e) => this.onChange(e));
     this.tableEl.addEventListener("click", (e) => this.onClick(e));
+    this.tableEl.addEventListener("dragover", (e) => this.onDragOver(e));
+    this.tableEl.addEventListener("dragleave", (e) => this.onDragLeave(e));
+    this.tableEl.addEventListener("drop", (e) => this.onDrop(e));
   }
 
   // --- data -------------------------------------------------------------------------------
@@ -214,12 +218,21 @@ export class Grid {
 
   patchRow(tr, old, rec) {
     tr._rec = rec;
+    // file cells name the record in their buttons' labels
+    const renamed = !!old && this.recordName(rec.id, old) !== this.recordName(rec.id, rec);
     for (const f of this.fields) {
       const was = old ? old.values[f.name] : undefined;
       const now = rec.values[f.name];
       const flagsChanged = ["conflicts", "staged", "drifted"].some((k) =>
         (old?.[k] || []).includes(f.name) !== (rec[k] || []).includes(f.name)) ||
         !same(old?._canonical?.[f.name], rec._canonical?.[f.name]);
+      if (renamed && f.type === "blob_ref" && same(was, now) && !flagsChanged) {
+        const td = this.cellEl(rec.id, f.name);
+        if (td && !(this.editing && this.editing.key === key(rec.id, f.name))) {
+          this.renderCell(td, rec, f);
+        }
+        continue;
+      }
       if (same(was, now) && !flagsChanged) continue;
       const td = this.cellEl(rec.id, f.name);
       if (!td) continue;
@@ -240,6 +253,18 @@ export class Grid {
       if (f.type !== "entity_ref") continue;
       for (const id of this.order) {
         if (this.editing && this.editing.key === key(id, f.name)) continue;
+        const td = this.cellEl(id, f.name);
+        if (td) this.renderCell(td, this.records.get(id), f);
+      }
+    }
+  }
+
+  /** Re-render the file cells showing blob `hash` (every file cell when null). */
+  refreshFiles(hash = null) {
+    for (const f of this.fields) {
+      if (f.type !== "blob_ref") continue;
+      for (const id of this.order) {
+        if (hash !== null && this.valueOf(id, f.name) !== hash) continue;
         const td = this.cellEl(id, f.name);
         if (td) this.renderCell(td, this.records.get(id), f);
       }
@@ -346,6 +371,10 @@ export class Grid {
         type: "checkbox", class: "bool", tabindex: "-1", checked: v === true,
         "aria-label": `${f.label}: ${v === true ? "yes" : "no"}`,
       });
+    }
+    if (f.type === "blob_ref") {
+      return el("div", { class: "cell-value" },
+        this.ctl.files.cell(f, v, key(rec.id, f.name), this.recordName(rec.id, rec)));
     }
     if (v === null || v === undefined) return el("span", { class: "cell-value" });
     if (f.type === "enum") {
@@ -465,7 +494,8 @@ export class Grid {
   onDblClick(e) {
     const at = this.locate(e.target);
     if (!at || this.cols[at.col].kind !== "field") return;
-    if (this.cols[at.col].field.type === "boolean") return;
+    const f = this.cols[at.col].field;
+    if (f.type === "boolean" || f.type === "blob_ref") return;
     this.startEdit(at.id, at.col);
   }
 
@@ -477,6 +507,16 @@ export class Grid {
       const f = at && this.cols[at.col].field;
       if (f && conflict) this.ctl.resolveConflict?.(at.id, f);
       if (f && drift) this.ctl.openDrift?.(at.id, f);
+      return;
+    }
+    const file = e.target.closest(".file-attach, .file-open, .file-cancel");
+    if (file) {
+      const at = this.locate(e.target);
+      const f = at && this.cols[at.col].field;
+      if (!f) return;
+      if (file.classList.contains("file-attach")) this.ctl.files.pick(at.id, f);
+      else if (file.classList.contains("file-cancel")) this.ctl.files.cancel(key(at.id, f.name));
+      else this.ctl.files.open(file.dataset.hash, f, this.recordName(at.id));
       return;
     }
     const del = e.target.closest(".row-delete");
@@ -499,6 +539,50 @@ export class Grid {
     }
   }
 
+  // --- dropping files on file cells (J9) -----------------------------------------------
+
+  fileCellAt(e) {
+    if (!e.dataTransfer || ![...(e.dataTransfer.types || [])].includes("Files")) return null;
+    const at = this.locate(e.target);
+    const f = at && this.cols[at.col].field;
+    return f && f.type === "blob_ref" ? { ...at, field: f } : null;
+  }
+
+  onDragOver(e) {
+    const at = this.fileCellAt(e);
+    if (!at) return;
+    e.preventDefault();
+    e.dataTransfer.dropEffect = "copy";
+    if (this.dropTd !== at.td) {
+      this.dropTd?.classList.remove("drop-over");
+      this.dropTd = at.td;
+      at.td.classList.add("drop-over");
+    }
+  }
+
+  onDragLeave(e) {
+    if (!this.dropTd || (e.relatedTarget && this.dropTd.contains(e.relatedTarget))) return;
+    if (!this.dropTd.contains(e.target)) return;
+    this.dropTd.classList.remove("drop-over");
+    this.dropTd = null;
+  }
+
+  onDrop(e) {
+    this.dropTd?.classList.remove("drop-over");
+    this.dropTd = null;
+    const at = this.fileCellAt(e);
+    if (!at) return;
+    e.preventDefault();
+    const files = [...(e.dataTransfer.files || [])];
+    if (!files.length) return;
+    if (this.editing) this.commitEdit({ refocus: false });
+    this.setActive(at.id, at.col);
+    if (files.length > 1) {
+      announce(`A file cell holds one file: attaching ${files[0].name} only`);
+    }
+    this.ctl.files.upload(at.id, at.field, files[0]);
+  }
+
   onKeyDown(e) {
     if (this.editing) return; // the editor handles its own keys
     const at = this.locate(e.target);
@@ -514,6 +598,16 @@ export class Grid {
       const rec = this.records.get(at.id);
       if ((rec?.conflicts || []).includes(field.name)) this.ctl.resolveConflict?.(at.id, field);
       else if ((rec?.drifted || []).includes(field.name)) this.ctl.openDrift?.(at.id, field);
+      e.preventDefault();
+      e.stopPropagation();
+      return;
+    }
+    if (field && field.type === "blob_ref" && !mod && !e.altKey &&
+      (e.key === "Enter" || e.key === "F2" || e.key === " ")) {
+      // a file cell has no editor: open its file, or pick one for an empty cell
+      const v = this.valueOf(at.id, field.name);
+      if (v) this.ctl.files.open(v, field, this.recordName(at.id));
+      else this.ctl.files.pick(at.id, field);
       e.preventDefault();
       e.stopPropagation();
       return;
@@ -563,7 +657,7 @@ export class Grid {
         }
         break;
       default:
-        if (field && e.key.length === 1 && !mod && !e.altKey) {
+        if (field && field.type !== "blob_ref" && e.key.length === 1 && !mod && !e.altKey) {
           this.startEdit(at.id, at.col, { text: e.key });
         } else {
           handled = false;
@@ -627,7 +721,7 @@ export class Grid {
     const c = this.cols[col];
     if (!c || c.kind !== "field") return;
     const f = c.field;
-    if (f.type === "boolean") return;
+    if (f.type === "boolean" || f.type === "blob_ref") return;
     if (this.editing) this.commitEdit({ refocus: false });
     this.setActive(id, col, { focus: false });
     const td = this.cellEl(id, f.name);

@@ -49,10 +49,11 @@ def schema_ops(views: Views) -> list[O.Payload]:
         fb, nb = values.split_field_key(key_b)
         cls = O.ConfirmFieldMapping if confirmed else O.RejectFieldMapping
         out.append(cls(fa, na, fb, nb))
-    # The documents that describe the data (adopted modules, rules, workspace scripts) travel
-    # with it; profiles and lifecycle config do not (the fork has its own owner and members).
+    # The documents that describe the data (adopted modules, rules, workspace scripts, blob
+    # metadata) travel with it; profiles and lifecycle config do not (the fork has its own
+    # owner and members).
     for ns, key, raw in views.conn.execute(
-            "SELECT ns, key, value FROM config WHERE ns IN ('module', 'rule', 'script')"
+            "SELECT ns, key, value FROM config WHERE ns IN ('module', 'rule', 'script', 'blob')"
             " AND value IS NOT NULL ORDER BY ns, key"):
         out.append(O.PutConfig(str(ns), str(key), codec.decode(bytes(raw))))
     return out

@@ -9,8 +9,9 @@ one `overlay_commit` bundle.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import apsw
@@ -39,6 +40,7 @@ STAGEABLE = frozenset([
     "ClearEdgeProperty", "CreateOrderedEdge", "MoveOrderedEdge",
 ])
 KEPT_DELETED = "kept_deleted"  # drift_kind of rows whose `deleted` drift was answered keep_mine
+STAGED_CACHE = 8  # overlays whose decoded rows and state are kept in memory
 
 
 class OverlayNotFound(NotFound):
@@ -91,16 +93,27 @@ def _row(r: Sequence[Any]) -> Row:
 
 
 class OverlayState:
-    """What an overlay's staged ops change, for validation and reads (later ops win)."""
+    """What an overlay's staged ops change, for validation and reads (later ops win).
 
-    def __init__(self, rows: Iterable[Row]) -> None:
+    Built from the rows in staging order and kept up to date as rows are appended (`add`, the
+    common path: a script run stages thousands of ops, one command at a time); the store builds
+    it again when rows are removed or rewritten (knockout, undo/redo, drift)."""
+
+    def __init__(self, rows: Iterable[Row] = ()) -> None:
         self.created: set[bytes] = set()
         self.deleted: set[bytes] = set()
         self.facets: dict[tuple[bytes, str], bool] = {}  # (e, facet) -> attached
         self.writes: dict[tuple[bytes, str], Row] = {}  # (e, skey) -> latest staged write
+        # (e, skey) -> first staged write: its base is the canonical value the field had
+        self.first_writes: dict[tuple[bytes, str], Row] = {}
         self.edges_created: dict[bytes, O.Payload] = {}
         self.edges_deleted: set[bytes] = set()
         self.drifted: set[tuple[bytes, str]] = set()
+        self._facets_of: dict[bytes, dict[str, bool]] = {}  # e -> {facet: attached}
+        self.add(rows)
+
+    def add(self, rows: Iterable[Row]) -> None:
+        """Apply rows staged after those already applied."""
         for r in rows:
             p = r.payload
             if isinstance(p, O.CreateEntity):
@@ -111,7 +124,9 @@ class OverlayState:
             elif isinstance(p, O.RestoreEntity):
                 self.deleted.discard(p.e)
             elif isinstance(p, O.AttachFacet | O.DetachFacet):
-                self.facets[(p.e, p.facet)] = isinstance(p, O.AttachFacet)
+                att = isinstance(p, O.AttachFacet)
+                self.facets[(p.e, p.facet)] = att
+                self._facets_of.setdefault(p.e, {})[p.facet] = att
             elif isinstance(p, O.SetField | O.ClearField) and r.skey is not None:
                 self.writes[(p.e, r.skey)] = r
             elif isinstance(p, O.CreateEdge | O.CreateOrderedEdge):
@@ -121,11 +136,23 @@ class OverlayState:
                 self.edges_deleted.add(p.edge)
             elif isinstance(p, O.RestoreEdge):
                 self.edges_deleted.discard(p.edge)
+            if r.skey is not None and r.entity_id is not None:
+                self.first_writes.setdefault((r.entity_id, r.skey), r)
             if r.drifted and r.entity_id is not None:
                 self.drifted.add((r.entity_id, r.skey or "$entity"))
 
     def staged_facets(self, e: bytes) -> dict[str, bool]:
-        return {f: a for (x, f), a in self.facets.items() if x == e}
+        return dict(self._facets_of.get(e, {}))
+
+
+class _Staged:
+    """One overlay's decoded rows (in seq order) and their state, as last read or appended."""
+
+    __slots__ = ("rows", "state")
+
+    def __init__(self, rows: list[Row]) -> None:
+        self.rows = rows
+        self.state = OverlayState(rows)
 
 
 class OverlayStore:
@@ -142,7 +169,23 @@ class OverlayStore:
         self.undo: dict[bytes, list[list[Row]]] = {}
         self.redo: dict[bytes, list[list[Row]]] = {}
         self._step = 0
-        self.version = 0  # bumped on every change (the facade caches the active state on it)
+        self.version = 0  # bumped on every change
+        # bumped on every change other than rows appended (removed, rewritten, overlay gone):
+        # what keeps a view of an overlay's rows by appending to it must then build it again
+        self.rewrites = 0
+        # decoded rows and their OverlayState per overlay read lately, kept up to date as rows
+        # are appended (a script run stages thousands of ops, one command at a time; reading or
+        # indexing all of them again for each command was quadratic), dropped on other changes
+        self._staged: dict[bytes, _Staged] = {}
+        # overlays whose staged rows need not survive a power loss until the next durable
+        # write: those of script runs still running (a run a crash interrupts is discarded
+        # on restart, and ending the run writes its meta durably, WAL included)
+        self._volatile: set[bytes] = set()
+        # inside `deferred()`: rows appended to a volatile overlay, in memory (its _staged)
+        # and not yet in the table; written by `flush` before anything reads or changes it
+        self._deferring = 0
+        self._unflushed: list[Row] = []
+        self._known: set[bytes] = set()  # overlays `exists` found (forgotten by _delete)
         # a script run's overlay, standing in for the active one while one of its calls runs
         # (the user's own active overlay is untouched; see Workspace.staging_into)
         self.override: bytes | None = None
@@ -172,10 +215,13 @@ class OverlayStore:
                 " VALUES (?,?,?,?,?,?)",
                 (oid, name.strip(), codec.encode(list(source)), "active" if active else "stashed",
                  int(time.time() * 1000), codec.encode(dict(meta)) if meta else None))
+        if meta and meta.get("running"):
+            self._volatile.add(oid)
         self._clear_stacks()
         return oid
 
     def get(self, oid: bytes) -> dict[str, Any]:
+        self.flush()
         for _id, name, source, status, created, cb, meta in self.conn.execute(
             "SELECT id, name, source, status, created_at, commit_bundle, meta FROM overlays"
             " WHERE id = ?", (oid,)
@@ -229,13 +275,33 @@ class OverlayStore:
         """Delete a committed overlay and its rows."""
         self._delete(oid)
 
+    def exists(self, oid: bytes) -> bool:
+        """Whether the overlay exists (those seen here are remembered until deleted here)."""
+        if oid in self._known:
+            return True
+        if self._scalar("SELECT 1 FROM overlays WHERE id = ?", oid) is None:
+            return False
+        self._known.add(oid)
+        return True
+
     def _delete(self, oid: bytes) -> None:
-        self.version += 1
+        self.flush()
+        self._invalidate(oid)
+        self._volatile.discard(oid)
+        self._known.discard(oid)
         with db.transaction(self.conn):
             self.conn.execute("DELETE FROM overlay_ops WHERE overlay_id = ?", (oid,))
             self.conn.execute("DELETE FROM overlays WHERE id = ?", (oid,))
         self.undo.pop(oid, None)
         self.redo.pop(oid, None)
+
+    def set_meta(self, oid: bytes, meta: Mapping[str, Any]) -> None:
+        """Replace an overlay's meta (a script run's, once the run has ended)."""
+        with db.transaction(self.conn):
+            self.conn.execute("UPDATE overlays SET meta = ? WHERE id = ?",
+                              (codec.encode(dict(meta)) if meta else None, oid))
+        if not (meta and meta.get("running")):
+            self._volatile.discard(oid)  # durable from here (this commit synced the WAL)
 
     def note_commit(self, oid: bytes, bundle_id: bytes | None) -> None:
         with db.transaction(self.conn):
@@ -249,17 +315,49 @@ class OverlayStore:
         self.redo.clear()
 
     # --- staged rows ---------------------------------------------------------------------
+    def _load(self, oid: bytes) -> _Staged:
+        c = self._staged.get(oid)
+        if c is None:
+            self.flush()  # before reading the table, or evicting an overlay with rows unwritten
+            c = _Staged([_row(r) for r in self.conn.execute(
+                f"SELECT {_COLS} FROM overlay_ops WHERE overlay_id = ? ORDER BY seq", (oid,))])
+            while len(self._staged) >= STAGED_CACHE:
+                del self._staged[next(iter(self._staged))]
+            self._staged[oid] = c
+        return c
+
+    def _invalidate(self, oid: bytes) -> None:
+        self.version += 1
+        self.rewrites += 1
+        self._staged.pop(oid, None)
+
     def rows(self, oid: bytes) -> list[Row]:
-        return [_row(r) for r in self.conn.execute(
-            f"SELECT {_COLS} FROM overlay_ops WHERE overlay_id = ? ORDER BY seq", (oid,))]
+        return list(self._load(oid).rows)
+
+    def rows_since(self, oid: bytes, n: int) -> list[Row]:
+        """The rows after the first n (what was appended since a view applied n rows)."""
+        return self._load(oid).rows[n:]
+
+    def count(self, oid: bytes) -> int:
+        c = self._staged.get(oid)
+        if c is not None:
+            return len(c.rows)
+        self.flush()
+        return int(self._scalar("SELECT count(*) FROM overlay_ops WHERE overlay_id = ?", oid))
 
     def state(self, oid: bytes) -> OverlayState:
-        return OverlayState(self.rows(oid))
+        """The overlay's current state: kept up to date in place, not a snapshot."""
+        return self._load(oid).state
 
     def has_rows(self) -> bool:
+        self.flush()
         return self.conn.execute("SELECT 1 FROM overlay_ops LIMIT 1").fetchone() is not None
 
     def next_seq(self, oid: bytes) -> int:
+        c = self._staged.get(oid)
+        if c is not None:
+            return c.rows[-1].seq + 1 if c.rows else 1
+        self.flush()
         return int(self._scalar("SELECT max(seq) FROM overlay_ops WHERE overlay_id = ?",
                                 oid) or 0) + 1
 
@@ -273,18 +371,68 @@ class OverlayStore:
         return self._step
 
     def insert(self, rows: Sequence[Row], *, undoable: bool = True) -> None:
+        """Append one overlay's rows (seqs after its last)."""
+        if not rows:
+            return
+        oid = rows[0].overlay_id
         self.version += 1
-        with db.transaction(self.conn):
-            self.conn.executemany(
-                f"INSERT INTO overlay_ops({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [r.db_tuple() for r in rows])
-        if rows and undoable:
-            oid = rows[0].overlay_id
+        c = self._staged.get(oid)
+        appendable = c is not None and all(r.overlay_id == oid for r in rows) and (
+            rows[0].seq > (c.rows[-1].seq if c.rows else 0))
+        if appendable and self._deferring and oid in self._volatile:
+            self._unflushed.extend(rows)  # written by flush(), at the latest when deferred() ends
+        else:
+            self.flush()
+            self._write(rows, volatile=oid in self._volatile)
+        if c is not None:
+            if appendable:
+                c.rows.extend(rows)
+                c.state.add(rows)
+            else:
+                self._invalidate(oid)
+        if undoable:
             self.undo.setdefault(oid, []).append(list(rows))
             self.redo.pop(oid, None)
 
+    def _write(self, rows: Sequence[Row], *, volatile: bool) -> None:
+        try:
+            if volatile:  # no fsync for these (see _volatile); synchronous is per connection
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+            with db.transaction(self.conn):
+                self.conn.executemany(
+                    f"INSERT INTO overlay_ops({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [r.db_tuple() for r in rows])
+        except BaseException:
+            for oid in {r.overlay_id for r in rows}:
+                self._invalidate(oid)  # the table is what counts again
+            raise
+        finally:
+            if volatile:
+                self.conn.execute("PRAGMA synchronous=FULL")
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Inside, rows appended to a running script's overlay are kept in memory (where every
+        read of the store sees them) and written in one transaction when the outermost block
+        ends, or earlier when something reads or changes the table (a script's burst of calls
+        in one writer command: one transaction for all of them)."""
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+            if not self._deferring:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the rows `deferred()` kept in memory."""
+        if self._unflushed:
+            rows, self._unflushed = self._unflushed, []
+            self._write(rows, volatile=True)
+
     def remove(self, oid: bytes, local_ids: Iterable[bytes]) -> None:
-        self.version += 1
+        self.flush()
+        self._invalidate(oid)
         lids = set(local_ids)
         with db.transaction(self.conn):
             self.conn.executemany(
@@ -294,7 +442,8 @@ class OverlayStore:
     def update_base(self, oid: bytes, lids: Iterable[bytes], *, base_op_id: bytes | None,
                     base_value: bytes | None, base_tips: bytes | None, drift_kind: str | None,
                     ) -> None:
-        self.version += 1
+        self.flush()
+        self._invalidate(oid)
         with db.transaction(self.conn):
             self.conn.executemany(
                 "UPDATE overlay_ops SET base_op_id = ?, base_value = ?, base_tips = ?,"
@@ -302,7 +451,8 @@ class OverlayStore:
                 [(base_op_id, base_value, base_tips, drift_kind, oid, x) for x in lids])
 
     def mark_drift(self, oid: bytes, lids: Iterable[bytes], kind: str) -> None:
-        self.version += 1
+        self.flush()
+        self._invalidate(oid)
         with db.transaction(self.conn):
             self.conn.executemany(
                 "UPDATE overlay_ops SET drifted = 1, drift_kind = ?"
@@ -362,7 +512,8 @@ class OverlayStore:
         if not steps:
             return False
         step = steps.pop()
-        self.version += 1
+        self.flush()
+        self._invalidate(oid)
         with db.transaction(self.conn):
             self.conn.executemany(
                 f"INSERT INTO overlay_ops({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",

@@ -501,21 +501,31 @@ class Schema:
 
 
 class CanonicalView:
-    """The derived (canonical) state, read through `Views`; values cached per entity."""
+    """The derived (canonical) state, read through `Views`; liveness, tables and values cached
+    per entity."""
 
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
         self.views = schema.views
         self._vals: dict[tuple[bytes, str], tuple[dict[str, Any], set[str]]] = {}
+        self._live: dict[bytes, bool] = {}
+        self._facets: dict[bytes, frozenset[str]] = {}
 
     def is_live(self, e: bytes) -> bool:
-        return self.views.is_live(e)
+        v = self._live.get(e)
+        if v is None:
+            v = self._live[e] = self.views.is_live(e)
+        return v
 
     def resolve(self, e: bytes) -> bytes:
         return self.views.proj.resolve(e)
 
     def facets_of(self, e: bytes) -> set[str]:
-        return set(self.views.attached(e)) if self.views.is_live(e) else set()
+        v = self._facets.get(e)
+        if v is None:
+            v = self._facets[e] = frozenset(self.views.attached(e)) if self.is_live(e) \
+                else frozenset()
+        return set(v)
 
     def _record(self, e: bytes, facet: str) -> tuple[dict[str, Any], set[str]]:
         key = (e, facet)

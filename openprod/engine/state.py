@@ -9,6 +9,7 @@ concurrent differing writes visible as conflicts.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +27,7 @@ from openprod.storage import db
 PROJECTION_VERSION = 2
 ZERO_STAMP = bytes(28)
 ENTITY_KEY = "$entity"
+SCHEMA_TOKEN = "schema_token"  # derive_meta key (see StateProjection.schema_token)
 FLUSH_EVERY = 20_000
 REDIRECT_CAP = 64
 _dumps = cbor2.dumps
@@ -206,6 +208,7 @@ class StateProjection(ProjectionBase):
             "PutConfig": self._config,
             "DeleteConfig": self._config,
         }
+        self.sgen: bytes | None = None  # the schema token the caches below were loaded at
         self._load_schema()
         self.replays = 0
         self._hw = ZERO_STAMP
@@ -219,16 +222,35 @@ class StateProjection(ProjectionBase):
     # --- meta ----------------------------------------------------------------------------
     def _init_meta(self) -> None:
         have = {k for (k,) in self.conn.execute("SELECT k FROM derive_meta")}
-        defaults = {"version": PROJECTION_VERSION, "seq": 0, "hw": ZERO_STAMP, "sk": ZERO_STAMP}
+        defaults = {"version": PROJECTION_VERSION, "seq": 0, "hw": ZERO_STAMP, "sk": ZERO_STAMP,
+                    SCHEMA_TOKEN: os.urandom(8)}
         for k, v in defaults.items():
             if k not in have:
                 self.conn.execute("INSERT INTO derive_meta(k, v) VALUES (?, ?)", (k, v))
 
     def refresh(self) -> None:
-        """Reload the schema caches (for a read-only user of a projection another owner drives)."""
-        self._load_schema()
+        """Reload the schema caches (for a read-only user of a projection another owner drives)
+        if the schema token says the schema, slots, redirects or edge types changed since."""
+        tok = self.schema_token()
+        if tok is None or tok != self.sgen:
+            self._load_schema()
+
+    def schema_token(self) -> bytes | None:
+        """A random token the projection writes again with every change to the schema, field
+        slots, merge redirects or edge types (and on a full replay), in the same transaction:
+        equal tokens, same schema (as this connection's snapshot sees it)."""
+        for (v,) in self.conn.execute(f"SELECT v FROM derive_meta WHERE k = '{SCHEMA_TOKEN}'"):
+            return bytes(v)
+        return None
+
+    def _schema_changed(self) -> None:
+        tok = os.urandom(8)  # never reused, even after a rollback
+        self.conn.execute(f"INSERT OR REPLACE INTO derive_meta(k, v) VALUES ('{SCHEMA_TOKEN}', ?)",
+                          (tok,))
+        self.sgen = tok  # this projection's own caches follow its handlers
 
     def _load_schema(self) -> None:
+        self.sgen = self.schema_token()  # read first: never newer than the caches
         self.fdefs: dict[tuple[str, str], tuple[str, bool]] = {
             (f, n): (t, bool(c))
             for f, n, t, c in self.conn.execute(
@@ -336,6 +358,7 @@ class StateProjection(ProjectionBase):
                 self.conn.execute(f"DELETE FROM {table}")
             self._reset_caches(fresh=True)
             self._inert.clear()
+            self._schema_changed()
             self._load_schema()
             quarantined = self._quarantined()
             hw = sk = ZERO_STAMP
@@ -648,6 +671,7 @@ class StateProjection(ProjectionBase):
 
     # --- schema ----------------------------------------------------------------------------
     def _define_table(self, op: _Op) -> None:
+        self._schema_changed()
         facet, label = op.p["facet"], op.p["label"]
         rows = list(self.conn.execute(
             "SELECT stamp FROM schema_tables WHERE facet = ?", (facet,)
@@ -659,6 +683,7 @@ class StateProjection(ProjectionBase):
             )
 
     def _define_field(self, op: _Op) -> None:
+        self._schema_changed()
         p = op.p
         facet, field, ftype, is_crdt = p["facet"], p["field"], p["ftype"], bool(p.get("crdt"))
         opts = codec.encode_trusted(p["opts"]) if p.get("opts") is not None else None
@@ -685,6 +710,7 @@ class StateProjection(ProjectionBase):
             )
 
     def _define_edge_type(self, op: _Op) -> None:
+        self._schema_changed()
         p = op.p
         props = codec.encode_trusted(p["props"]) if p.get("props") is not None else None
         rows = list(self.conn.execute(
@@ -748,6 +774,7 @@ class StateProjection(ProjectionBase):
         self._reset_caches(fresh=False)
 
     def _mapping(self, op: _Op) -> None:
+        self._schema_changed()
         p = op.p
         ka, kb = f"{p['facet_a']}.{p['field_a']}", f"{p['facet_b']}.{p['field_b']}"
         da = self.fdefs.get((p["facet_a"], p["field_a"]))
@@ -843,6 +870,7 @@ class StateProjection(ProjectionBase):
             return
         s, a = min(s0, a0), max(s0, a0)
         self._structural_begin()
+        self._schema_changed()
         c = self.conn
         c.execute("INSERT OR REPLACE INTO redirects(absorbed, survivor) VALUES (?, ?)", (a, s))
         self.redirects[a] = s

@@ -80,9 +80,21 @@ class Views:
     def __init__(self, proj: StateProjection) -> None:
         self.proj = proj
         self.conn = proj.conn
+        self._tables: tuple[bytes, list[TableDef]] | None = None  # (schema token, tables)
 
     # --- schema ----------------------------------------------------------------------------
     def tables(self) -> list[TableDef]:
+        """Every table, kept while the projection's schema token is unchanged (one query)."""
+        tok = self.proj.schema_token()
+        c = self._tables
+        if c is None or tok is None or c[0] != tok:
+            built = self._read_tables()
+            if tok is None:
+                return built
+            c = self._tables = (tok, built)
+        return list(c[1])
+
+    def _read_tables(self) -> list[TableDef]:
         fields: dict[str, list[FieldDef]] = {}
         for facet, name, ftype, is_crdt, label, opts in self.conn.execute(
             "SELECT facet, field, ftype, crdt, label, opts FROM schema_fields"
@@ -184,6 +196,15 @@ class Views:
             "SELECT state FROM crdt_docs WHERE entity = ? AND slot = ?", (e, slot)
         ):
             return bytes(s)
+        return None
+
+    def stored_tips(self, kind: str, owner: bytes, key: str) -> list[list[Any]] | None:
+        """The tips row, None when there is none (then the register's write, if any, is the
+        lone tip: `tips` gives it)."""
+        for (blob,) in self.conn.execute(
+            "SELECT tips FROM tips WHERE kind = ? AND owner = ? AND key = ?", (kind, owner, key)
+        ):
+            return list(codec.decode(bytes(blob)))
         return None
 
     def tips(self, kind: str, owner: bytes, key: str) -> list[list[Any]]:

@@ -31,6 +31,7 @@ from openprod.core.errors import (
     ValidationError,
 )
 from openprod.core.identity import Identity
+from openprod.engine import blobs as blobmod
 from openprod.engine import crdt, fracindex
 from openprod.engine import fork as forkmod
 from openprod.engine import lifecycle as lcmod
@@ -54,6 +55,7 @@ from openprod.engine.manifest import Package
 from openprod.engine.state import StateProjection
 from openprod.engine.statehash import compute as compute_state_hash
 from openprod.engine.views import FieldDef, TableDef, Views, _read
+from openprod.scripts import triggers as trigmod
 from openprod.storage import db
 from openprod.storage.sqlite import SqliteStorage, digest_of
 from openprod.sync.receipt import Checked, check_records
@@ -114,6 +116,9 @@ class Workspace:
         self.storage = SqliteStorage(path / OPLOG_FILE)
         self.proj = StateProjection(db.connect(path / OPLOG_FILE, synchronous="NORMAL"))
         self.views = Views(self.proj)
+        # the blob store (spec 03 §7): thread-safe, on its own connection (the API streams
+        # uploads into it from worker threads while the writer reads it)
+        self.blobs = blobmod.BlobStore.for_workspace(path)
         self._conflict_proj = ConflictProjection(self.proj.conn)
         self.conflict_events: list[dict[str, Any]] = []  # from the last conflicts catch-up
         self.clock = hlcmod.Clock(now)
@@ -128,13 +133,18 @@ class Workspace:
         self.overlays = ovmod.OverlayStore(self.storage.conn)
         self.overlays.forget_committed(self.storage.has_bundle)
         self.overlay_events: list[dict[str, Any]] = []  # overlay_drift events, last check
-        self._ov_cache: tuple[int, bytes, ovmod.OverlayState] | None = None
         # Rules (spec 04 §6): proposals are local; the rule set is cached on its documents
         self.proposals = propmod.ProposalStore(self.storage.conn)
         self._rules_cache: tuple[tuple[Any, ...], rulemod.RuleSet] | None = None
+        # ((overlay, store rewrites, head), rows applied, canonical + those rows): _rule_base
+        self._rule_layer: tuple[tuple[bytes, int, int], int, rulemod.Layer] | None = None
         self.rule_clock: Callable[[], float] = time.monotonic
         # this user's enabled on-change scripts as name -> (writes, watches), for cycle checks
         self.local_automations: dict[str, tuple[set[str], set[str]]] = {}
+        # ... and their watches (spec 04 §7.4): local canonical commits they fire are queued
+        # in `fired` as (script, changes, depth, bundle id) for the runtime's ScriptRunner
+        self.triggers: list[trigmod.Trigger] = []
+        self.fired: list[tuple[str, list[dict[str, Any]], int, bytes]] = []
 
     def _derive(self) -> None:
         """Bring the projection up to the oplog head, or just reload its schema caches."""
@@ -197,6 +207,7 @@ class Workspace:
         return cls(path, ident, now=now, derive=derive)
 
     def close(self) -> None:
+        self.blobs.close()
         self.proj.conn.close()
         self.storage.close()
 
@@ -211,8 +222,8 @@ class Workspace:
         workspace then records `fork` = {} under the new ws id (a normal user bundle).
         Returns the open fork (its recovery secret on `recovery_secret`) and a report
         {ws, name, records, edges, open_conflicts}. `ws`: the fork's id (new unless given).
-        Blobs referenced by blob_ref values would
-        be hard-linked into the fork; there is no blob store yet, so none are.
+        The blobs its blob_ref values reference that are stored here are hard-linked into the
+        fork's store (copied when linking fails); their metadata travels as config.
         """
         name = _label(name, "workspace")
         dest = Path(dest)
@@ -227,6 +238,7 @@ class Workspace:
                                forked_from=origin)
         try:
             records, edges = new._import_fork(self.views)
+            self.blobs.link_into(new.blobs, blobmod.referenced(new.views.conn))
         except BaseException:
             new.close()  # a half-made fork is not a workspace: remove it
             shutil.rmtree(dest, ignore_errors=True)
@@ -291,11 +303,14 @@ class Workspace:
                 res_staged = self._stage(ctx, payloads, tuple(created), facet)
                 self._record_proposals(event, ctx)
                 return res_staged
+        payloads = [*payloads, *self._blob_meta(payloads)]
         pre = undomod.preimage(self.views, payloads) if push_undo else ()
         bundle = self._seal(kind, payloads, meta)
+        triggered = self._match_triggers(payloads, 1) if kind == "user" else {}
         res = self.storage.append([bundle])
         if event is not None:
             self._record_proposals(event, None)
+        self._queue_fired(triggered, 1, bundle.bundle_id)
         self._derive()
         if push_undo and undomod.undoable(payloads):
             self.undo_stack.push(undomod.Entry(
@@ -399,7 +414,8 @@ class Workspace:
             return w
         # A field open in the conflict projection has several tips in the state projection too
         # (for honest peers), so a field with one tip needs no conflict lookup.
-        if len(self.views.tips("f", e, slot)) < 2:
+        stored = self.views.stored_tips("f", e, slot)  # none: at most the register's own
+        if stored is None or len(stored) < 2:
             return w
         cid = conflict_id(e, slot)
         rec = self._conflicts_now().get_raw(cid)
@@ -428,7 +444,38 @@ class Workspace:
                 raise ValidationError("a reference must point to a discrete field of the same "
                                       "type", field=f.name, ref=key)
             return ["ref", [te, key]]
-        return values.from_user(f.ftype, x, choices=f.choices)
+        v = values.from_user(f.ftype, x, choices=f.choices)
+        if v[0] == "blob_ref":
+            self._blob_known(bytes(v[1]).hex(), f.name)
+        return v
+
+    # --- blob metadata (spec 03 §7) ------------------------------------------------------
+    def _blob_known(self, h: str, field: str) -> None:
+        """A blob_ref may name a blob this node stored (an upload) or one an attachment
+        already describes (synced metadata); anything else is a typo or a stale hash."""
+        if blobmod.read_meta(self.views.conn, h) is None and self.blobs.info(h) is None:
+            raise blobmod.BlobUnknown(
+                f"no file with hash {h} was uploaded here or attached in this workspace; "
+                "upload it first (POST /blobs/upload)", field=field, hash=h)
+
+    def _blob_meta(self, payloads: Sequence[O.Payload], seen: set[str] | None = None,
+                   ) -> list[O.Payload]:
+        """The attaching bundle's `PutConfig("blob", hash, {size, mime, name})` for each blob
+        its SetFields reference that has no metadata yet, from this node's record of the
+        upload (a blob known nowhere gets none: `_value` refused user input naming one)."""
+        out: list[O.Payload] = []
+        seen = set() if seen is None else seen
+        for p in payloads:
+            if not isinstance(p, O.SetField) or p.value[0] != "blob_ref":
+                continue
+            h = bytes(p.value[1]).hex()
+            if h in seen or blobmod.read_meta(self.views.conn, h) is not None:
+                continue
+            seen.add(h)
+            row = self.blobs.info(h)
+            if row is not None:
+                out.append(O.PutConfig(blobmod.META_NS, h, row.meta()))
+        return out
 
     # --- schema commands ---------------------------------------------------------------------
     def create_table(self, label: str, fields: Sequence[Mapping[str, Any]] = ()) -> Result:
@@ -512,6 +559,7 @@ class Workspace:
         t = self.views.table(table)
         created: list[bytes] = []
         head = self.storage.head_seq()
+        blob_seen: set[str] = set()
         for i in range(0, len(rows), batch):
             bundles = []
             events = []
@@ -519,7 +567,8 @@ class Workspace:
                 e, payloads = self._create_payloads(t, vals)
                 ev = self._fire_rules(payloads, None)
                 events.append(ev)
-                bundles.append(self._seal("import", ev.payloads))
+                bundles.append(self._seal("import", [*ev.payloads,
+                                                     *self._blob_meta(ev.payloads, blob_seen)]))
                 created.append(e)
             head = self.storage.append(bundles).head
             for ev in events:
@@ -831,11 +880,29 @@ class Workspace:
                 for n, (w, x) in self.local_automations.items()}
 
     def _rule_base(self, ctx: bytes | None) -> rulemod.StateView:
-        """The state a rule event reads: canonical, or canonical + that overlay's staged ops."""
-        canonical = rulemod.CanonicalView(rulemod.Schema(self.views))
+        """The state a rule event reads: canonical, or canonical + that overlay's staged ops.
+
+        An overlay's is kept from one command to the next while canonical stands still and
+        both projections have applied all of it (rows staged since are applied to it: building
+        it from every staged row for each command made a script run with active rules
+        quadratic); it is only ever read through a Layer on top of it."""
         if ctx is None:
-            return canonical
-        return rulemod.Layer(canonical, [r.payload for r in self.overlays.rows(ctx)])
+            return rulemod.CanonicalView(rulemod.Schema(self.views))
+        store, head = self.overlays, self.storage.head_seq()
+        key = (ctx, store.rewrites, head)
+        c = self._rule_layer
+        if c is not None and c[0] == key:
+            layer, n = c[2], c[1]
+            for r in store.rows_since(ctx, n):
+                layer.apply(r.payload)
+        else:
+            layer = rulemod.Layer(rulemod.CanonicalView(rulemod.Schema(self.views)),
+                                  [r.payload for r in store.rows(ctx)])
+        if ctx and self.proj.checkpoint == head and self._conflict_proj.checkpoint == head:
+            self._rule_layer = (key, store.count(ctx), layer)
+        else:  # a projection behind the oplog may still change under the same head
+            self._rule_layer = None
+        return layer
 
     def _fire_rules(self, payloads: Sequence[O.Payload], ctx: bytes | None,
                     ) -> rulemod.EventResult:
@@ -847,6 +914,25 @@ class Workspace:
     def _record_proposals(self, event: rulemod.EventResult, ctx: bytes | None) -> None:
         self.proposals.record(ctx, event.flipped,
                               [(p.rule_id, p.entity, p.action) for p in event.proposals])
+
+    def _match_triggers(self, payloads: Sequence[O.Payload], depth: int,
+                        ) -> dict[str, list[dict[str, Any]]]:
+        """The on-change triggers a local canonical commit of payloads fires (read before the
+        append: the states before and after it)."""
+        if not self.triggers or depth > trigmod.MAX_DEPTH:
+            return {}
+        before = rulemod.Layer(self._rule_base(None))
+        after = rulemod.Layer(before.base, payloads)
+        return trigmod.match(self.triggers, payloads, before, after)
+
+    def _queue_fired(self, fired: Mapping[str, list[dict[str, Any]]], depth: int,
+                     bundle_id: bytes) -> None:
+        for script, changes in fired.items():
+            self.fired.append((script, changes, depth, bundle_id))
+
+    def take_fired(self) -> list[tuple[str, list[dict[str, Any]], int, bytes]]:
+        out, self.fired = self.fired, []
+        return out
 
     def list_rules(self) -> list[dict[str, Any]]:
         """Every rule document with its status: active, disabled, dormant (a table it names
@@ -1238,16 +1324,11 @@ class Workspace:
     # canonical undo/redo are never staged: they go straight to canonical. CRDT text edits are
     # refused while an overlay is active (an overlay has no text CRDT state of its own).
     def _ov_state(self) -> ovmod.OverlayState | None:
-        """The active overlay's staged state (cached on the store's version), or None."""
+        """The active overlay's staged state (kept up to date by the store), or None."""
         oid = self.overlays.active
         if oid is None:
             return None
-        c = self._ov_cache
-        if c is not None and c[0] == self.overlays.version and c[1] == oid:
-            return c[2]
-        st = self.overlays.state(oid)
-        self._ov_cache = (self.overlays.version, oid, st)
-        return st
+        return self.overlays.state(oid)
 
     def _tables_of(self, e: bytes) -> list[TableDef]:
         ov = self._ov_state()
@@ -1292,8 +1373,8 @@ class Workspace:
         ):
             op_id = bytes(stamp)[12:]
             value = bytes(v) if v is not None else None
-        tips = self.views.tips("f", e, slot)
-        tb = codec.encode(sorted(bytes(t[0]) for t in tips)) if len(tips) > 1 else None
+        tips = self.views.stored_tips("f", e, slot)  # none: at most the register's own
+        tb = codec.encode(sorted(bytes(t[0]) for t in tips)) if tips and len(tips) > 1 else None
         return op_id, value, tb
 
     def _latest_op(self, x: bytes) -> bytes | None:
@@ -1310,14 +1391,15 @@ class Workspace:
             raise ValidationError("collaborative text fields cannot be edited in an overlay; "
                                   "stash it first")
         store = self.overlays
-        first: dict[tuple[bytes, str], ovmod.Row] = {}
-        for r in store.rows(oid):
-            if r.skey is not None and r.entity_id is not None:
-                first.setdefault((r.entity_id, r.skey), r)
+        # the first staged write of a field holds its base; earlier commands' from the store's
+        # index (kept as rows are appended), this command's own here
+        first = store.state(oid).first_writes
+        mine: dict[tuple[bytes, str], ovmod.Row] = {}
         step, seq = store.new_step(), store.next_seq(oid)
         rows: list[ovmod.Row] = []
         for p in payloads:
-            if isinstance(p, O.SetField | O.ClearField):
+            if isinstance(p, O.SetField | O.ClearField) and (
+                    p.resolves is not None or p.conflict is not None):
                 p = attrs.evolve(p, resolves=None, conflict=None)  # tagged again at commit
             p.check()
             e = O.target_of(p.t, p.to_wire())
@@ -1325,7 +1407,7 @@ class Workspace:
             bop = bval = btips = None
             if isinstance(p, O.SetField | O.ClearField):
                 skey = self.proj.slot_of(p.facet, p.field)
-                prev = first.get((p.e, skey))
+                prev = first.get((p.e, skey)) or mine.get((p.e, skey))
                 if prev is not None:
                     bop, bval, btips = prev.base_op_id, prev.base_value, prev.base_tips
                 else:
@@ -1335,7 +1417,7 @@ class Workspace:
             row = ovmod.Row(oid, seq, ids.new_id(), p, e, skey, bop, bval, btips, False, None,
                             step)
             if skey is not None and e is not None:
-                first.setdefault((e, skey), row)
+                mine.setdefault((e, skey), row)
             rows.append(row)
             seq += 1
         store.insert(rows)
@@ -1373,7 +1455,8 @@ class Workspace:
     def staging_into(self, oid: bytes) -> Iterator[None]:
         """Commands inside stage into overlay `oid` and read canonical + it, as if it were the
         active overlay, without changing which overlay the user has active (script runs)."""
-        self.overlays.get(oid)
+        if not self.overlays.exists(oid):
+            self.overlays.get(oid)  # raises OverlayNotFound
         prev = self.overlays.override
         self.overlays.override = oid
         try:
@@ -1591,6 +1674,7 @@ class Workspace:
                                for y in ovmod.touched_entities(r.payload)} | set(restore)
                    if (row := self.views.entity_row(x)) is not None and row[0]]
         payloads = self._commit_payloads(sorted(restore), [r.payload for r in kept])
+        payloads += self._blob_meta(payloads)
         source = info["source"]
         kind = {"script": "script", "import": "import"}.get(source[0], "overlay_commit")
         pre = undomod.preimage(self.views, payloads)
@@ -1598,6 +1682,8 @@ class Workspace:
         if kind == "script" and "script" in info["meta"]:
             meta["script"] = info["meta"]["script"]  # spec 04 §7.1 step 4
         bundle = self._seal(kind, payloads, meta)
+        depth = int(info["meta"].get("depth", 0)) + 1  # what this commit fires runs deeper
+        fired = self._match_triggers(payloads, depth)
         store.note_commit(o, bundle.bundle_id)
         try:
             self.storage.append([bundle])
@@ -1606,6 +1692,7 @@ class Workspace:
             raise
         store.drop(o)
         self.proposals.move_context(o, None)  # open questions now apply to canonical
+        self._queue_fired(fired, depth, bundle.bundle_id)
         self._derive()
         if undomod.undoable(payloads):
             self.undo_stack.push(undomod.Entry(

@@ -43,6 +43,8 @@ class Items:
     def __init__(self, p: Peer) -> None:
         self.p = p
         p.create_table("Items", ITEM_FIELDS)
+        for h in (BLOB1, BLOB2):  # files a teammate attached (a blob_ref must name a known blob)
+            p.put_config("blob", h, {"size": 1, "mime": "text/plain", "name": f"{h[:4]}.txt"})
         self.r1 = p.create_record("Items", {
             "name": "apple", "n": 1, "x": 1.5, "d": "2024-01-01", "t": 1000, "dur": 10,
             "st": "a", "ok": True, "blob": BLOB1, "body": "hello World"}).id

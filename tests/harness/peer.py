@@ -470,6 +470,58 @@ class Peer:
         """`{"changes": [...], "drift": [...]}` as `GET /overlays/:id/changes` returns it."""
         return dict(await self.get(f"/overlays/{id}/changes"))
 
+    # --- modules and scripts (spec 04 §3, §7) -----------------------------------------------
+    async def install_module(self, path: Path | str) -> dict[str, Any]:
+        """`POST /modules/install` of a package folder or .zip (an absolute path)."""
+        return dict(await self.post("/modules/install", {"path": str(path)}))
+
+    async def adopt_module(self, id: str, version: str | None = None) -> dict[str, Any]:
+        return dict(await self.post("/modules/adopt", {"id": id, "version": version}))
+
+    async def list_scripts(self) -> list[dict[str, Any]]:
+        """`GET /scripts/list`: the runnable scripts with this user's decisions and triggers."""
+        return list((await self.get("/scripts/list"))["scripts"])
+
+    async def run_script(self, script: str, args: Mapping[str, Any] | None = None,
+                         grants: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """`POST /scripts/run`: {run_id, status, script} (the run is queued)."""
+        return dict(await self.post("/scripts/run", {"script": script, "args": args,
+                                                     "grants": grants}))
+
+    async def script_run(self, run_id: str) -> dict[str, Any]:
+        """One recent run: status, log, error, overlay_id, op_count, ..."""
+        return dict((await self.get("/scripts/runs", run_id=run_id))["run"])
+
+    async def script_runs(self) -> list[dict[str, Any]]:
+        return list((await self.get("/scripts/runs"))["runs"])
+
+    async def cancel_script(self, run_id: str) -> dict[str, Any]:
+        return dict(await self.post("/scripts/cancel", {"run_id": run_id}))
+
+    async def set_script_trigger(self, script: str, enabled: bool) -> dict[str, Any]:
+        """Switch this user's on-change trigger of `script` on or off."""
+        return dict(await self.post("/scripts/triggers", {"script": script,
+                                                          "enabled": enabled}))
+
+    async def decide_capability(self, script: str, capability: str,
+                                decision: str | None) -> dict[str, Any]:
+        """Remember always / never, or forget (None) a capability decision."""
+        return dict(await self.post("/scripts/capabilities", {
+            "script": script, "capability": capability, "decision": decision},
+            keep_none=True))
+
+    @staticmethod
+    async def script_ended(events: EventStream, run_id: str | None = None, *,
+                           timeout: float = 10) -> dict[str, Any]:
+        """The `script_completed` / `script_failed` event of run_id (or of the next run to
+        end), read from a stream opened before the run started."""
+        with trio.fail_after(timeout):
+            async for ev in events:
+                if ev.get("type") in ("script_completed", "script_failed") and (
+                        run_id is None or ev.get("run_id") == run_id):
+                    return ev
+        raise AssertionError("the event stream ended before the run did")
+
     # --- workspace state -------------------------------------------------------------------
     async def current(self) -> dict[str, Any]:
         return dict(await self.get("/workspace/current"))
