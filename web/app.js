@@ -154,6 +154,8 @@ const scripts = new Scripts({
   recordName,
   moduleName: (id) => (modules.modules.find((m) => m.id === id) || {}).name || null,
   ruleLabel: (id) => rules.labelOf(id),
+  // rule ids named by an engine error may be newer than the Rules panel's list
+  reloadRules: () => rules.loadRules(),
   refreshOverlays: () => staging.refresh(),
   // J14: Review in staging activates the script's overlay (stashing the user's own, if asked)
   async openInStaging(id) {

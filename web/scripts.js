@@ -136,7 +136,8 @@ function argInput(type, id, previous) {
  * @param {object} ctx
  *   reportError(err, what), afterWrite(seq): Promise (re-query the rows and the workspace),
  *   tableById(id), recordName(entityId, tableId): Promise<string>, moduleName(id),
- *   ruleLabel(id), refreshOverlays(): Promise, openInStaging(overlayId): Promise
+ *   ruleLabel(id), reloadRules(): Promise, refreshOverlays(): Promise,
+ *   openInStaging(overlayId): Promise
  */
 export class Scripts {
   constructor(ctx) {
@@ -496,6 +497,7 @@ export class Scripts {
           this.errors.set(s.id, "It stays off: you refused what it asks for.");
         }
       } else {
+        if (err.code === "cycle_detected" && this.ctx.reloadRules) await this.ctx.reloadRules();
         this.errors.set(s.id, this.triggerError(s, err));
         announce(this.errors.get(s.id));
       }

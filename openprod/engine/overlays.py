@@ -40,7 +40,7 @@ STAGEABLE = frozenset([
     "ClearEdgeProperty", "CreateOrderedEdge", "MoveOrderedEdge",
 ])
 KEPT_DELETED = "kept_deleted"  # drift_kind of rows whose `deleted` drift was answered keep_mine
-STAGED_CACHE = 8  # overlays whose decoded rows and state are kept in memory
+STAGED_CACHE = 4  # overlays whose decoded rows and state are kept in memory
 
 
 class OverlayNotFound(NotFound):

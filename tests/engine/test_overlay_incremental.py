@@ -164,7 +164,7 @@ def script_overlay(p: Peer, *, running: bool = True) -> bytes:
     meta: dict[str, Any] = {"script": {"id": "t.x"}, "depth": 0}
     if running:
         meta["running"] = True
-    return p.overlays.create("run (script)", ("script", "t.x"), active=False, meta=meta)
+    return p.ws.overlays.create("run (script)", ("script", "t.x"), active=False, meta=meta)
 
 
 def test_deferred_rows_are_read_from_memory_and_written_once(net: Net) -> None:
@@ -369,7 +369,7 @@ def test_rules_in_an_overlay_see_every_earlier_staged_op(net: Net) -> None:
         assert ok, err
 
     set_status(recs[0], "urgent")  # the rule attaches it in the overlay
-    assert hot in tables(recs[0]) and a._rule_layer is not None
+    assert hot in tables(recs[0]) and a.ws._rule_layer is not None
     set_status(recs[1], "urgent")
     set_status(recs[0], "todo")  # condition lost against the earlier staged state: detached
     assert hot not in tables(recs[0]) and hot in tables(recs[1])
@@ -387,6 +387,6 @@ def test_rules_in_an_overlay_see_every_earlier_staged_op(net: Net) -> None:
     ok, note = s.call("get_field", [ids.to_text(recs[2]), hot, "note"])
     assert (ok, note) == (True, "renamed")
     # the same reads from a state built from scratch agree
-    a._rule_layer = None
+    a.ws._rule_layer = None
     a.overlays._staged.clear()
     assert [hot in tables(e) for e in recs] == [False, True, True]
