@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
 from actors import script_runner as srmod
 from actors.events import Subscription
 from actors.script_runner import ScriptRunner
 from openprod.core import ids
+from tests.actors.script_helpers import END, events, install_module, runner
+from tests.actors.script_helpers import next_event as _next_event
 from tests.api import conftest as api_conftest
 from tests.api.conftest import Api
 
@@ -88,39 +89,15 @@ while true do core.exists(args.id) end
 ''',
 }
 
-END = ("script_completed", "script_failed")
-
-
 @pytest.fixture
 async def bx(api: Api, tmp_path: Path) -> AsyncIterator[Api]:
-    pkg = tmp_path / "bx"
-    (pkg / "scripts").mkdir(parents=True)
-    (pkg / "module.toml").write_text(TOML)
-    for name, src in SCRIPTS.items():
-        (pkg / "scripts" / f"{name}.lua").write_text(src)
-    await api.ok("POST", "/modules/install", {"path": str(pkg)})
-    await api.ok("POST", "/modules/adopt", {"id": "bx"})
+    await install_module(api, tmp_path, "bx", TOML, SCRIPTS)
     yield api
-
-
-def runner(a: Api) -> ScriptRunner:
-    r = a.node.current.scripts
-    assert r is not None
-    return r
-
-
-def events(a: Api) -> Subscription:
-    sub, _ = a.node.hub.subscribe(None)
-    return sub
 
 
 async def next_event(sub: Subscription, run_id: str | None = None,
                      types: tuple[str, ...] = END, timeout: float = 30) -> dict[str, Any]:
-    with trio.fail_after(timeout):
-        while True:
-            ev = await sub.recv.receive()
-            if ev["type"] in types and (run_id is None or ev.get("run_id") == run_id):
-                return ev
+    return await _next_event(sub, run_id, types, timeout)
 
 
 async def start(a: Api, script: str, **args: Any) -> str:

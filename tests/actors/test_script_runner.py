@@ -19,12 +19,12 @@ import pytest
 import trio
 
 from actors.events import Subscription
-from actors.script_runner import ScriptRunner
 from openprod.core import ids
 from openprod.core import ops as O
 from openprod.core.ops import open_bundle
 from openprod.core.values import from_user
 from openprod.scripts import triggers as trigmod
+from tests.actors.script_helpers import END, events, install_module, next_event, runner
 from tests.api import conftest as api_conftest
 from tests.api.conftest import Api, error_of
 
@@ -175,43 +175,12 @@ core.await(core.sleep(60000))
     "mkflag": 'core.create_entity("sc.Calls", { label = "flagged one", flag = true })\n',
 }
 
-END = ("script_completed", "script_failed")
-
-
 @pytest.fixture
 async def sc(api: Api, tmp_path: Path) -> AsyncIterator[Api]:
     """The api fixture with module `sc` installed and adopted (contacts adopted too)."""
-    pkg = tmp_path / "sc"
-    (pkg / "scripts").mkdir(parents=True)
-    (pkg / "module.toml").write_text(TOML)
-    for name, src in SCRIPTS.items():
-        (pkg / "scripts" / f"{name}.lua").write_text(src)
-    await api.ok("POST", "/modules/install", {"path": str(pkg)})
-    await api.ok("POST", "/modules/adopt", {"id": "sc"})
+    await install_module(api, tmp_path, "sc", TOML, SCRIPTS)
     await api.ok("POST", "/modules/adopt", {"id": "contacts"})
     yield api
-
-
-def runner(a: Api) -> ScriptRunner:
-    r = a.node.current.scripts
-    assert r is not None
-    return r
-
-
-def events(a: Api) -> Subscription:
-    """The node's events from now on."""
-    sub, _ = a.node.hub.subscribe(None)
-    return sub
-
-
-async def next_event(sub: Subscription, run_id: str | None = None,
-                     types: tuple[str, ...] = END, timeout: float = 10) -> dict[str, Any]:
-    """The next event of one of `types` (of run `run_id` if given)."""
-    with trio.fail_after(timeout):
-        while True:
-            ev = await sub.recv.receive()
-            if ev["type"] in types and (run_id is None or ev.get("run_id") == run_id):
-                return ev
 
 
 async def run(a: Api, sub: Subscription, script: str, timeout: float = 10,
