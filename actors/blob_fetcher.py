@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from actors import blocking
+from actors import blob_locks, blocking
 from actors.events import EventHub
 from openprod.engine import blobs as blobmod
 from openprod.sync import blobfetch
@@ -76,7 +76,8 @@ class BlobFetcher:
     # --- lifecycle -----------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                   ) -> None:
-        self.store = await blocking.run_sync(blobmod.BlobStore.for_workspace, self.svc.path)
+        self.store = blob_locks.shared(
+            await blocking.run_sync(blobmod.BlobStore.for_workspace, self.svc.path))
         try:
             async with trio.open_nursery() as n:
                 self._nursery = n

@@ -37,7 +37,7 @@ import attrs
 import ifaddr
 import trio
 
-from actors import blocking
+from actors import blob_locks, blocking
 from actors.conflict_manager import ConflictManager, ConflictReader
 from actors.events import EventHub
 from actors.home import Home
@@ -101,6 +101,7 @@ class Session:
                  services: Sequence[Service] = (), home: Home | None = None) -> None:
         self.path = path
         self.ws = Workspace.open(path, ident, now=now, derive=False)
+        blob_locks.shared(self.ws.blobs)  # API worker threads share it
         self.ws_id = ids.to_text(self.ws.ws)
         self.deriver = StateDeriver(path / OPLOG_FILE, hub)
         self.conflicts = ConflictManager(path / OPLOG_FILE, hub)

@@ -25,7 +25,6 @@ import mimetypes
 import os
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -267,8 +266,8 @@ class Upload:
 
 class BlobStore:
     """The blobs of one workspace: `root` is `<workspace>/blobs`, `conn` a connection to its
-    `oplog.db` used only for the `blob_store` table. Thread-safe (methods may run in several
-    worker threads at once: the connection is used under a lock)."""
+    `oplog.db` used only for the `blob_store` table. Methods may run in several worker threads
+    at once when the runtime gives the store a `lock` (the connection is used under it)."""
 
     def __init__(self, root: Path, conn: apsw.Connection, *, max_size: int = MAX_SIZE,
                  now_ms: Callable[[], int] | None = None) -> None:
@@ -276,8 +275,12 @@ class BlobStore:
         self.conn = conn
         self.max_size = max_size
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
-        self._lock = threading.RLock()
-        with self._lock, db.transaction(conn):
+        # The runtime shares a store between worker threads (API streams, the fetcher): it sets
+        # `lock` to a re-entrant lock; plain single-threaded use needs none.
+        self.lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        # PDFium is not thread-safe: the runtime sets one lock for every thumbnail render
+        self.render_lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        with self.lock, db.transaction(conn):
             conn.execute(SCHEMA)
 
     @classmethod
@@ -286,7 +289,7 @@ class BlobStore:
         return cls(Path(workspace) / "blobs", db.connect(Path(workspace) / "oplog.db"), **kw)
 
     def close(self) -> None:
-        with self._lock:
+        with self.lock:
             self.conn.close()
 
     # --- paths ------------------------------------------------------------------------------
@@ -315,7 +318,7 @@ class BlobStore:
 
     # --- rows -------------------------------------------------------------------------------
     def _row(self, h: str) -> BlobInfo | None:
-        with self._lock:
+        with self.lock:
             for row in self.conn.execute(
                     "SELECT hash, size, state, stored_at, verified_at, mime, name"
                     " FROM blob_store WHERE hash = ?", (h,)):
@@ -328,7 +331,7 @@ class BlobStore:
         """Insert or update a row; mime and name given replace the old ones (the latest
         upload names the file), None keeps them."""
         assert state in STATES, state
-        with self._lock, db.transaction(self.conn):
+        with self.lock, db.transaction(self.conn):
             self.conn.execute(
                 "INSERT INTO blob_store(hash, size, state, stored_at, verified_at, mime, name)"
                 " VALUES (?,?,?,?,?,?,?) ON CONFLICT(hash) DO UPDATE SET"
@@ -359,7 +362,7 @@ class BlobStore:
         """`read_meta` through this store's connection, under its lock (an apsw connection
         refuses concurrent use from two threads)."""
         check_hash(h)
-        with self._lock:
+        with self.lock:
             return read_meta(self.conn, h)
 
     def state(self, h: str) -> str | None:
@@ -466,7 +469,7 @@ class BlobStore:
         self.open(h).close()  # raises BlobUnavailable unless present
         tmp = self._temp(h, ".png")
         try:
-            if not thumbnails.render(self.path_of(h), tmp):
+            if not thumbnails.render(self.path_of(h), tmp, pdf_lock=self.render_lock):
                 return None
             os.chmod(tmp, 0o600)
             self._dir(self.thumbs)
@@ -487,7 +490,7 @@ class BlobStore:
                     if p.is_file() and p.stat().st_mtime < cutoff:
                         p.unlink()
                         removed += 1
-        with self._lock, db.transaction(self.conn):
+        with self.lock, db.transaction(self.conn):
             reset = self.conn.execute(
                 "UPDATE blob_store SET state = 'missing' WHERE state = 'fetching'"
                 " RETURNING hash").fetchall()
@@ -526,7 +529,7 @@ class BlobStore:
                 path.unlink(missing_ok=True)
                 self._put(h, size=None, state="corrupt")
                 corrupt.append(h)
-        with self._lock:
+        with self.lock:
             rows = [h for (h,) in self.conn.execute(
                 "SELECT hash FROM blob_store WHERE state = 'present'")]
         missing = sorted(h for h in rows if h not in seen)

@@ -9,12 +9,12 @@ no thumbnail.
 
 from __future__ import annotations
 
-import threading
+import contextlib
 from pathlib import Path
+from typing import Any
 
 MAX_SIDE = 256
 # PDFium is not thread-safe: one rendering at a time in this process
-_PDFIUM = threading.Lock()
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM",
                 b"II*\x00", b"MM\x00*")
 
@@ -30,13 +30,15 @@ def kind_of(path: Path) -> str | None:
     return None
 
 
-def render(src: Path, dest: Path) -> bool:
-    """Write the thumbnail of src as a PNG at dest; False when src has none."""
+def render(src: Path, dest: Path, *,
+           pdf_lock: contextlib.AbstractContextManager[Any] | None = None) -> bool:
+    """Write the thumbnail of src as a PNG at dest; False when src has none. PDFium is not
+    thread-safe: callers rendering from several threads pass one shared `pdf_lock`."""
     kind = kind_of(src)
     if kind == "image":
         return _image(src, dest)
     if kind == "pdf":
-        return _pdf(src, dest)
+        return _pdf(src, dest, pdf_lock or contextlib.nullcontext())
     return False
 
 
@@ -55,10 +57,10 @@ def _image(src: Path, dest: Path) -> bool:
         return False
 
 
-def _pdf(src: Path, dest: Path) -> bool:
+def _pdf(src: Path, dest: Path, lock: contextlib.AbstractContextManager[Any]) -> bool:
     import pypdfium2 as pdfium
 
-    with _PDFIUM:
+    with lock:
         try:
             pdf = pdfium.PdfDocument(str(src))
         except pdfium.PdfiumError:

@@ -116,8 +116,8 @@ class Workspace:
         self.storage = SqliteStorage(path / OPLOG_FILE)
         self.proj = StateProjection(db.connect(path / OPLOG_FILE, synchronous="NORMAL"))
         self.views = Views(self.proj)
-        # the blob store (spec 03 §7): thread-safe, on its own connection (the API streams
-        # uploads into it from worker threads while the writer reads it)
+        # the blob store (spec 03 §7), on its own connection; the runtime gives it a lock, as
+        # the API streams uploads into it from worker threads while the writer reads it
         self.blobs = blobmod.BlobStore.for_workspace(path)
         self._conflict_proj = ConflictProjection(self.proj.conn)
         self.conflict_events: list[dict[str, Any]] = []  # from the last conflicts catch-up
