@@ -355,8 +355,9 @@ class EdgeRow:
 class Reader(Protocol):
     """The read context a query runs in: canonical, or canonical + one overlay."""
 
-    def members(self, facet: str) -> Mapping[bytes, Mapping[str, Any]]:
-        """Live members of a table -> their displayed values by field name."""
+    def values_of(self, facet: str, e: bytes) -> Mapping[str, Any] | None:
+        """A live member's displayed values in that table by field name; None when e is not a
+        live member of it."""
         ...
 
     def edges_at(self, etype: str, direction: str, e: bytes) -> Sequence[EdgeRow]:
@@ -397,7 +398,11 @@ class RecordReader:
                    lambda t: views.list_edges(None, t, "both"),
                    views.is_live, views.proj.resolve)
 
+    def values_of(self, facet: str, e: bytes) -> Mapping[str, Any] | None:
+        return self.members(facet).get(e)
+
     def members(self, facet: str) -> Mapping[bytes, Mapping[str, Any]]:
+        """Live members of a table -> their displayed values (what `run` filters)."""
         m = self._mcache.get(facet)
         if m is None:
             m = {ids.from_text(r["id"]): r["values"] for r in self._records(facet)}
@@ -428,7 +433,7 @@ class RecordReader:
         return self._resolve(e)
 
 
-def run(query: Query, source: Views | Reader) -> list[bytes]:
+def run(query: Query, source: Views | RecordReader) -> list[bytes]:
     """The ids of the query table's live members matching `where`, ordered by `order_by`
     (empty values last, whichever direction), then by id; at most `limit`."""
     reader = RecordReader.canonical(source) if isinstance(source, Views) else source
@@ -503,7 +508,7 @@ class Evaluator:
             return v is not None and any(v == self._lit(c.field, x) for x in c.values)
         assert e is not None
         if isinstance(c, InTable):
-            return e in self.r.members(c.facet)
+            return self.r.values_of(c.facet, e) is not None
         return self._edge(c, e)
 
     def _edge(self, c: EdgeCond, e: bytes) -> bool:
@@ -515,7 +520,7 @@ class Evaluator:
                 if self.r.is_live(other):
                     return True
                 continue
-            ovals = self.r.members(c.other.facet).get(other)
+            ovals = self.r.values_of(c.other.facet, other)
             if ovals is not None and (c.other.where is None
                                       or self.test(c.other.where, other, ovals)):
                 return True

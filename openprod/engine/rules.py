@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -713,16 +713,9 @@ class _Reader:
 
     def __init__(self, view: Layer) -> None:
         self.v = view
-        self._members: dict[str, _Members] = {}
 
-    def members(self, facet: str) -> Mapping[bytes, Mapping[str, Any]]:
-        m = self._members.get(facet)
-        if m is None:
-            m = self._members[facet] = _Members(self.v, facet)
-        return m
-
-    def edges(self, etype: str) -> Sequence[querymod.EdgeRow]:  # pragma: no cover - unused
-        raise NotImplementedError("rules read edges per entity")
+    def values_of(self, facet: str, e: bytes) -> Mapping[str, Any] | None:
+        return self.v.field_values(e, facet) if self.v.is_member(e, facet) else None
 
     def edges_at(self, etype: str, direction: str, e: bytes) -> Sequence[querymod.EdgeRow]:
         return self.v.edges_at(etype, direction, e)
@@ -732,26 +725,6 @@ class _Reader:
 
     def resolve(self, e: bytes) -> bytes:
         return self.v.resolve(e)
-
-
-class _Members(Mapping[bytes, Mapping[str, Any]]):
-    def __init__(self, view: Layer, facet: str) -> None:
-        self.v = view
-        self.facet = facet
-
-    def __getitem__(self, e: bytes) -> Mapping[str, Any]:
-        if not self.v.is_member(e, self.facet):
-            raise KeyError(e)
-        return self.v.field_values(e, self.facet)
-
-    def __contains__(self, e: object) -> bool:
-        return isinstance(e, bytes) and self.v.is_member(e, self.facet)
-
-    def __iter__(self) -> Iterator[bytes]:  # pragma: no cover - never enumerated
-        raise NotImplementedError("rules read members one entity at a time")
-
-    def __len__(self) -> int:  # pragma: no cover - never enumerated
-        raise NotImplementedError("rules read members one entity at a time")
 
 
 def matches(rule: Rule, e: bytes, view: Layer) -> bool:
