@@ -9,10 +9,11 @@ from typing import Any
 
 from quart import request
 
-from actors.api import OBJ, STR, _field, api, obj
+from actors.api import OBJ, STR, _command, _field, _result, api, obj
 from actors.node import Node
 from actors.script_runner import ScriptRunner
 from openprod.core.errors import ValidationError
+from openprod.engine.workspace import Workspace
 
 BOOL: dict[str, Any] = {"type": "boolean"}
 
@@ -31,6 +32,30 @@ async def list_scripts(node: Node, body: Any) -> dict[str, Any]:
     return {"scripts": await r.list_scripts(), "queued": sum(
         1 for x in r.runs.values() if x.status == "queued"),
         "running": r.current.run_id if r.current is not None else None}
+
+
+@api("/scripts/put", "POST", "Create (no id) or replace a workspace script: label, Lua source, "
+     "typed args, capabilities, limits; every member may edit it (spec 04 §7.1)",
+     body=obj(["label", "source"], id=STR, label=STR, source=STR, trigger=STR, args=OBJ,
+              capabilities={"type": "array", "items": STR}, limits=OBJ))
+async def put_script(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    sid = _field(body, "id", str, required=False)
+    doc = {k: v for k, v in body.items() if k != "id"}
+    out: dict[str, Any] = {}
+
+    def put(ws: Workspace) -> Any:
+        out["id"], r = ws.put_script(sid, doc)
+        return r
+
+    r = await _command(node, put)
+    return _result(r, id=out["id"])
+
+
+@api("/scripts/delete", "POST", "Delete a workspace script (module scripts go with their module)",
+     body=obj(["id"], id=STR))
+async def delete_script(node: Node, body: dict[str, Any]) -> dict[str, Any]:
+    sid = _field(body, "id", str)
+    return _result(await _command(node, lambda ws: ws.delete_script(sid)))
 
 
 @api("/scripts/run", "POST", "Run a manual script with its typed args; undecided capabilities "

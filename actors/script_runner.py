@@ -49,6 +49,7 @@ from openprod.engine.workspace import Workspace
 from openprod.scripts import catalog as catmod
 from openprod.scripts import host as hostmod
 from openprod.scripts import triggers as trigmod
+from openprod.scripts import workspace_scripts as wsscripts
 from openprod.scripts.frames import FrameError, FrameReader, encode_frame
 from openprod.scripts.session import RunSession, RunSpec
 
@@ -216,8 +217,10 @@ class ScriptRunner:
         this workspace (or have no tables), at the adopted version."""
         if self._catalog is not None and not fresh:
             return self._catalog
-        adopted = await self.writer.call(lambda ws: modmod.module_configs(ws.views))
+        adopted, docs = await self.writer.call(
+            lambda ws: (modmod.module_configs(ws.views), wsscripts.read_docs(ws.views)))
         infos = await blocking.run_sync(self._read_catalog, adopted)
+        infos += [wsscripts.info(sid, doc) for sid, doc in docs.items()]
         self._catalog = {i.id: i for i in infos}
         return self._catalog
 
@@ -259,6 +262,11 @@ class ScriptRunner:
         out = []
         for info in cat.values():
             d = info.to_json()
+            if info.module == wsscripts.WORKSPACE:
+                d["source_kind"] = "workspace"  # editable by every member; module scripts
+                d["source"] = info.source       # are read-only (spec 05 J14)
+            else:
+                d["source_kind"] = "module"
             decisions = self.settings.decisions(info.module, info.version)
             d["capability_decisions"] = {c: decisions.get(c) for c in info.capabilities}
             if info.trigger == "on_change":
@@ -493,7 +501,11 @@ class ScriptRunner:
         spec = RunSpec(run.run_id, info.id, info.module, run.trigger,
                        frozenset(info.writes) if info.writes is not None else None,
                        run.grants)
-        meta = {"script": {"source": "module", "id": info.id, "version": info.version,
+        workspace = info.module == wsscripts.WORKSPACE
+        meta = {"script": {"source": "workspace" if workspace else "module", "id": info.id,
+                           # spec 04 §7.1 step 4: version | hash
+                           **({"hash": wsscripts.source_hash(info.source)} if workspace
+                              else {"version": info.version}),
                            "run_id": run.run_id, "trigger": run.trigger},
                 "depth": run.depth, "running": True}  # dropped once the run succeeded
 

@@ -61,7 +61,8 @@ class StateDeriver(ProjectionActor[StateProjection, dict[str, Any]]):
             rules = {"suspended": rs.suspended, "cycles": rs.cycles,
                      "changed": "rule" in proj.config_changed}
         return {"seq": seq, "tables": proj.schema_changed, "by_table": by_table,
-                "replayed": proj.replays != replays, "rules": rules}
+                "replayed": proj.replays != replays, "rules": rules,
+                "scripts": "script" in proj.config_changed}
 
     def _publish(self, ch: dict[str, Any]) -> int:
         seq: int = ch["seq"]
@@ -75,6 +76,8 @@ class StateDeriver(ProjectionActor[StateProjection, dict[str, Any]]):
                 # cycles can only arrive by sync (the put check refuses them locally)
                 self.hub.publish({"type": "automation_suspended", "rules": newly,
                                   "cycles": rules["cycles"], "seq": seq})
+        if ch.get("scripts"):  # a workspace script was put or deleted, here or by a peer
+            self.hub.publish({"type": "scripts_changed", "seq": seq})
         if ch["replayed"]:
             self.hub.publish({"type": "resync", "seq": seq})
             return seq

@@ -13,6 +13,7 @@ import { icon } from "./icons.js";
 import { modal, confirmDialog } from "./dialogs.js";
 import { toast, announce } from "./toast.js";
 import { coalesced, when } from "./conflicts.js";
+import { editScript } from "./script_editor.js";
 
 const $ = (id) => document.getElementById(id);
 const plural = (n, one, many) => (n === 1 ? `1 ${one}` : `${n} ${many}`);
@@ -184,6 +185,7 @@ export class Scripts {
   }
 
   moduleLabel(id) {
+    if (id === "workspace") return "this workspace";
     return this.ctx.moduleName(id) || id;
   }
 
@@ -289,6 +291,9 @@ export class Scripts {
     if (!this.panel) {
       const list = el("ul", { class: "script-list", "aria-label": "Scripts" });
       const runs = el("ul", { class: "script-runs", "aria-label": "Recent runs" });
+      const newBtn = el("button", { type: "button", class: "btn btn-secondary btn-sm",
+        id: "new-script-btn" }, el("span", { html: icon("plus") }), "New script…");
+      newBtn.addEventListener("click", () => this.edit(null));
       const m = modal({
         title: "Scripts", wide: true, cls: "scripts-dialog",
         body: [
@@ -297,7 +302,8 @@ export class Scripts {
               "renumbering a cue list. A script's changes are staged: you review them, then " +
               "commit or discard them. On-change scripts run after changes you commit, " +
               "once you switch them on." }),
-          el("h3", { class: "label", text: "Scripts" }), list,
+          el("div", { class: "fields-head" },
+            el("h3", { class: "label", text: "Scripts" }), newBtn), list,
           el("h3", { class: "label", text: "Recent runs" }), runs],
         actions: [{ label: "Close" }],
       });
@@ -317,7 +323,7 @@ export class Scripts {
     if (!this.scripts.length) {
       list.append(el("li", { class: "muted scripts-empty",
         text: "No scripts yet. Modules bring them: adopt Lighting Cues, Crew Calls or " +
-          "Contacts in Modules, and their scripts appear here." }));
+          "Contacts in Modules, and their scripts appear here; or write one with New script." }));
     }
     for (const s of this.scripts) list.append(this.scriptItem(s));
     runs.replaceChildren();
@@ -338,9 +344,12 @@ export class Scripts {
     const title = el("div", { class: "peer-title" },
       el("span", { class: "script-label", text: s.label }),
       el("span", { class: "tag", text: manual ? "Run by hand" : "On change" }));
+    const own = s.source_kind === "workspace";
     const main = el("div", { class: "peer-main" }, title,
-      el("p", { class: "peer-meta" }, document.createTextNode(`From ${mod} · `),
-        el("code", { text: s.id })));
+      own ? el("p", { class: "peer-meta", text: "Workspace script · anyone in this workspace " +
+        "can change it" })
+        : el("p", { class: "peer-meta" }, document.createTextNode(`From ${mod} (read-only) · `),
+          el("code", { text: s.id })));
     const args = Object.keys(s.args || {});
     if (manual) {
       main.append(el("p", { class: "peer-meta", text: args.length
@@ -371,7 +380,38 @@ export class Scripts {
         : "Switch it on (for you, in this workspace)" }, input,
       el("span", { class: "switch-text", "aria-hidden": "true", text: on ? "On" : "Off" })));
     }
+    if (own) {
+      const edit = el("button", { type: "button", class: "btn btn-ghost btn-sm", text: "Edit…",
+        "aria-label": `Edit ${s.label}`, "data-key": `edit:${s.id}` });
+      edit.addEventListener("click", () => this.edit(s));
+      const del = el("button", { type: "button", class: "btn btn-danger-ghost btn-sm",
+        text: "Delete", "aria-label": `Delete ${s.label}`, "data-key": `delete:${s.id}` });
+      del.addEventListener("click", () => this.remove(s));
+      actions.append(edit, del);
+    }
     return el("li", { class: "script-item", "data-script": s.id }, main, actions);
+  }
+
+  /** Write a new workspace script or change one (module scripts are read-only). */
+  async edit(s) {
+    const id = await editScript({ script: s, tables: this.ctx.tables ? this.ctx.tables() : [] });
+    if (!id) return;
+    announce(s ? "Script saved" : "Script created");
+    await this.refreshList();
+  }
+
+  async remove(s) {
+    const ok = await confirmDialog({ title: "Delete script",
+      text: `Delete “${s.label}” for everyone in this workspace? What it changed stays.`,
+      confirmLabel: "Delete", danger: true });
+    if (!ok) return;
+    try {
+      await api.post("/scripts/delete", { id: s.id });
+      toast(`Deleted “${s.label}”`);
+      await this.refreshList();
+    } catch (err) {
+      this.ctx.reportError(err, "Couldn't delete the script");
+    }
   }
 
   /** "Runs after you commit a change to Calls · Call time or Location, when Published is Yes." */

@@ -56,6 +56,7 @@ from openprod.engine.state import StateProjection
 from openprod.engine.statehash import compute as compute_state_hash
 from openprod.engine.views import FieldDef, TableDef, Views, _read
 from openprod.scripts import triggers as trigmod
+from openprod.scripts import workspace_scripts as wsscripts
 from openprod.storage import db
 from openprod.storage.sqlite import SqliteStorage, digest_of
 from openprod.sync.receipt import Checked, check_records
@@ -977,6 +978,21 @@ class Workspace:
         res = self._commit("user", [O.DeleteConfig(rulemod.RULE_NS, rid)], push_undo=False)
         self.proposals.drop_rule(rid)
         return res
+
+    # --- workspace scripts (spec 04 §7.1) ------------------------------------------------------
+
+    def put_script(self, sid: str | None, doc: Mapping[str, Any]) -> tuple[str, Result]:
+        """Create or replace a workspace script document (LWW, like rules; not an undo step)."""
+        sid = wsscripts.check_id(sid) if sid is not None else wsscripts.new_script_id()
+        norm = wsscripts.normalize(doc)
+        return sid, self._commit("user", [O.PutConfig(wsscripts.SCRIPT_NS, sid, norm)],
+                                 push_undo=False)
+
+    def delete_script(self, sid: str) -> Result:
+        sid = wsscripts.check_id(sid)
+        if sid not in wsscripts.read_docs(self.views):
+            raise NotFound(f"no workspace script {sid!r}", script=sid)
+        return self._commit("user", [O.DeleteConfig(wsscripts.SCRIPT_NS, sid)], push_undo=False)
 
     def apply_rule(self, rid: str, rule: rulemod.Rule | None = None) -> Result:
         """"Apply to existing": attach every current match not yet in the target, in one

@@ -189,12 +189,23 @@ async def _b_capabilities(api: Api) -> dict[str, Any]:
     return {"script": "tst.notify", "capability": "ui.notify", "decision": "always"}
 
 
+async def _b_put(api: Api) -> dict[str, Any]:
+    return {"label": "Say hi", "source": 'print("hi")\n'}
+
+
+async def _b_delete(api: Api) -> dict[str, Any]:
+    r = await api.ok("POST", "/scripts/put", {"label": "Gone", "source": "print(1)\n"})
+    return {"id": r["id"]}
+
+
 BODIES: dict[str, Callable[[Api], Awaitable[dict[str, Any]]]] = {
     "/scripts/run": _b_run, "/scripts/cancel": _b_cancel, "/scripts/triggers": _b_triggers,
-    "/scripts/capabilities": _b_capabilities}
+    "/scripts/capabilities": _b_capabilities, "/scripts/put": _b_put,
+    "/scripts/delete": _b_delete}
 # runs stage into local overlays, decisions and trigger switches are this user's settings:
-# none of the script routes writes to the oplog
-NO_WRITE = frozenset(BODIES)
+# none of the run/decision routes writes to the oplog
+# (workspace script documents are the exception: they are workspace config)
+NO_WRITE = frozenset(BODIES) - {"/scripts/put", "/scripts/delete"}
 
 
 # --- list -----------------------------------------------------------------------------------
