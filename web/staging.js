@@ -34,6 +34,7 @@ export class Staging {
     this.changes = [];
     this.drift = [];
     this.dialogs = new Set(); // open review / drift / overlays dialogs: re-rendered on refresh
+    this.returnTo = null; // {id, name, for}: the session stashed to review overlay `for`
     this.refresh = coalesced(() => this.load());
     $("start-staging-btn").addEventListener("click", () => this.start());
     $("overlays-btn").addEventListener("click", () => this.openMenu());
@@ -71,6 +72,7 @@ export class Staging {
       this.drift = [];
     }
     this.renderBanner();
+    this.offerReturn();
     for (const d of [...this.dialogs]) await d.render();
   }
 
@@ -187,9 +189,29 @@ export class Staging {
       if (!ok) return;
       stash = true;
     }
+    const previous = this.active;
     const r = await this.run("Couldn't activate",
       () => api.post("/overlays/activate", { id: o.id, stash_current: stash }));
-    if (r) announce(`Staging ${o.name}`);
+    if (r) {
+      announce(`Staging ${o.name}`);
+      // J14: once this one is committed or discarded, offer the stashed session back
+      if (stash && previous) this.returnTo = { id: previous.id, name: previous.name, for: o.id };
+    }
+  }
+
+  /** The overlay reviewed instead of the user's own session is gone (committed or
+   * discarded): offer "Return to your staging session" (spec 05 J14). */
+  offerReturn() {
+    const back = this.returnTo;
+    if (!back || this.overlays.some((x) => x.id === back.for)) return;
+    this.returnTo = null;
+    const mine = this.overlays.find((x) => x.id === back.id);
+    if (!mine || this.active) return;
+    toast(`Return to your staging session “${mine.name}”?`, {
+      timeout: 20000,
+      action: { label: "Return to your staging session",
+        run: () => this.activate(mine) },
+    });
   }
 
   // --- describing changes -------------------------------------------------------------------

@@ -89,3 +89,49 @@ def test_write_run_edit_and_delete_a_workspace_script(tmp_path: Path) -> None:
             assert all(s["source_kind"] == "module"
                        for s in eng.ok("GET", "/scripts/list")["scripts"])
             no_errors(errors)
+
+
+def test_review_in_staging_then_return_to_your_session(tmp_path: Path) -> None:
+    """J14: *Open in staging* stashes the user's own session (after asking); once the script's
+    changes are committed, a notice offers *Return to your staging session*."""
+    from playwright.sync_api import expect
+
+    with serve(tmp_path / "data", tmp_path / "engine.log", ["--name", "Alex"]) as url:
+        eng = Engine(url)
+        tid = eng.ok("POST", "/tables/create", {"label": "Cast",
+                                                "fields": [{"label": "Name"}]})["table"]
+        (t,) = [x for x in eng.ok("GET", "/tables/list")["tables"] if x["id"] == tid]
+        field = t["fields"][0]["name"]
+        sid = eng.ok("POST", "/scripts/put", {
+            "label": "Add a swing",
+            "source": f'core.create_entity("{tid}", {{ {field} = "Swing" }})\n'})["id"]
+        with chromium() as browser:
+            errors: list[str] = []
+            page = open_page(browser, url, errors)
+            expect(page.locator("#conn")).to_have_text("Live")
+            page.get_by_role("button", name="Start staging").click()
+            ask = page.get_by_role("dialog", name="Start staging")
+            ask.get_by_label("Name").fill("Act 2 rework")
+            ask.get_by_label("Name").press("Enter")
+            expect(page.locator("#staging-text")).to_contain_text("Staging: Act 2 rework")
+
+            page.locator("#scripts-btn").click()
+            panel = page.get_by_role("dialog", name="Scripts")
+            panel.locator(f'li[data-script="{sid}"]').get_by_role(
+                "button", name="Run Add a swing").click()
+            run = page.get_by_role("dialog", name="Add a swing")
+            run.get_by_role("button", name="Run", exact=True).click()
+            expect(run.locator(".script-status")).to_contain_text("changes staged")
+            run.get_by_role("button", name="Open in staging").click()
+            page.get_by_role("dialog", name="Switch overlays?").get_by_role(
+                "button", name="Stash and activate").click()
+            expect(page.locator("#staging-text")).to_contain_text("Staging: Add a swing")
+            page.locator("#staging-commit").click()
+            offer = page.locator("#toasts").get_by_role(
+                "button", name="Return to your staging session")
+            expect(offer).to_be_visible()
+            offer.click()
+            expect(page.locator("#staging-text")).to_contain_text("Staging: Act 2 rework")
+            assert [r["values"][field] for r in eng.ok(
+                "GET", f"/records/list?table={tid}&canonical=1")["records"]] == ["Swing"]
+            no_errors(errors)
