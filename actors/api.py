@@ -2,13 +2,15 @@
 
 Every route is declared once with `@api(...)`, which registers it with Quart and describes it in
 the OpenAPI document at `/api/openapi.json`. Requests must name this engine in Host, come from
-its own Origin when one is sent, and carry the launch token (Bearer header or the cookie the page
-gets from `/?token=`); `/`, `/static/*` and the OpenAPI document need no token. Errors are
+its own Origin when one is sent, and carry the launch token (Bearer header) or the session cookie
+the page gets from `/?token=` (this home's session secret, so a page survives a restart of the
+engine); `/`, `/static/*` and the OpenAPI document need no token. Errors are
 `{"error": {"code", "message", "details"}}` with 4xx for the caller's mistakes, 5xx for ours.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import secrets
@@ -32,6 +34,8 @@ from actors.sync_service import lookup as sync_lookup
 from openprod.core import codec, ids
 from openprod.core.errors import Forbidden, NotFound, OpenprodError, ValidationError
 from openprod.engine import lifecycle as lcmod
+from openprod.engine import modules as modmod
+from openprod.engine import steps
 from openprod.engine.views import Views, _read
 from openprod.engine.workspace import Result, Workspace
 from openprod.storage.sqlite import digest_of
@@ -218,8 +222,12 @@ def _overlay_view(node: Node) -> bool:
 
 @api("/identity", "GET", "This device's identity")
 async def get_identity(node: Node, body: Any) -> dict[str, Any]:
-    return {"actor_id": node.ident.actor.hex(), "display_name": node.ident.display_name,
-            "device_name": node.ident.device_name}
+    ident = node.ident
+    # without `--name` the identity is named after its key (spec 05 J1: the welcome screen
+    # then asks for the name teammates will see)
+    return {"actor_id": ident.actor.hex(), "display_name": ident.display_name,
+            "device_name": ident.device_name,
+            "name_chosen": ident.display_name != ident.actor.hex()[:8]}
 
 
 @api("/identity/update", "POST", "Change the display or device name",
@@ -379,15 +387,23 @@ async def current_workspace(node: Node, body: Any) -> dict[str, Any]:
             "conflicts_open": await s.conflict_reader.read(lambda c: c.count_open())}
 
 
-def _undo_state(ws: Workspace) -> tuple[dict[str, bool], dict[str, Any] | None]:
+def _undo_state(ws: Workspace) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Whether undo/redo can act (on the active overlay if one is), and that overlay."""
     oid = ws.overlays.active
     if oid is None:
         st = ws.undo_stack
-        return {"can_undo": bool(st.undo), "can_redo": bool(st.redo)}, None
+        return {"can_undo": bool(st.undo), "can_redo": bool(st.redo),
+                # J13: the buttons' tooltips name the step ("Undo: set Cue 42 · Time")
+                "undo_label": steps.describe(st.undo[-1].ops, ws.views) if st.undo else None,
+                "redo_label": steps.describe(st.redo[-1].original.ops, ws.views)
+                if st.redo else None}, None
     info = ws.overlays.get(oid)
-    state = {"can_undo": bool(ws.overlays.undo.get(oid)),
-             "can_redo": bool(ws.overlays.redo.get(oid))}
+    undo, redo = ws.overlays.undo.get(oid), ws.overlays.redo.get(oid)
+    state = {"can_undo": bool(undo), "can_redo": bool(redo),
+             "undo_label": steps.describe([r.payload for r in undo[-1]], ws.views)
+             if undo else None,
+             "redo_label": steps.describe([r.payload for r in redo[-1]], ws.views)
+             if redo else None}
     return state, {"id": ids.to_text(oid), "name": info["name"], "changes": info["changes"],
                    **state}
 
@@ -633,16 +649,32 @@ async def delete_records(node: Node, body: dict[str, Any]) -> dict[str, Any]:
 
 
 @api("/records/list", "GET", "Records of a table (as the active overlay shows them unless "
-     "canonical=1)", query=("table", "after", "canonical"))
+     "canonical=1); ids=a,b,c answers only those (ids not in the table are left out)",
+     query=("table", "after", "canonical", "ids"))
 async def list_records(node: Node, body: Any) -> dict[str, Any]:
     table = request.args.get("table")
     if not table:
         raise ValidationError("missing query parameter 'table'", field="table")
+    raw_ids = request.args.get("ids")
+    # the UI re-fetches only the rows a `records_changed` event names (spec 05 §2)
+    want = None if raw_ids is None else {_id(x, "ids") for x in raw_ids.split(",") if x}
     if _overlay_view(node):
         await _after(node)
         rows = await node.current.writer.call(lambda ws: ws.list_records(table))
+        if want is not None:
+            texts = {ids.to_text(e) for e in want}
+            rows = [r for r in rows if r["id"] in texts]
         return {"records": rows, "seq": node.current.writer.appended}
-    rows = await _query(node, lambda v: v.records(v.table(table)))
+
+    def read(v: Views) -> list[dict[str, Any]]:
+        t = v.table(table)
+        if want is None:
+            return v.records(t)
+        # the conditions of `record_ids`, checked per id (a few rows of a 10 000-row table)
+        return [v.record(e, t) for e in sorted(want)
+                if v.is_live(e) and v.is_attached(e, t.facet)]
+
+    rows = await _query(node, read)
     return {"records": rows, "seq": node.current.deriver.applied}
 
 
@@ -669,7 +701,11 @@ async def create_edge_type(node: Node, body: dict[str, Any]) -> dict[str, Any]:
 
 @api("/edge-types/list", "GET", "Relationship types", query=("after",))
 async def list_edge_types(node: Node, body: Any) -> dict[str, Any]:
-    return {"edge_types": await _query(node, lambda v: v.edge_types())}
+    def read(v: Views) -> list[dict[str, Any]]:
+        ends = modmod.edge_ends(v)
+        return [{**et, **ends[et["type"]]} if et["type"] in ends else et
+                for et in v.edge_types()]
+    return {"edge_types": await _query(node, read)}
 
 
 @api("/edges/create", "POST", "Link two records (ordered types take after/before)",
@@ -775,7 +811,8 @@ async def resolve_conflict(node: Node, body: dict[str, Any]) -> dict[str, Any]:
 def _overlay_json(info: dict[str, Any]) -> dict[str, Any]:
     return {"id": ids.to_text(info["id"]), "name": info["name"], "source": info["source"],
             "status": info["status"], "created_at": info["created_at"],
-            "changes": info["changes"], "drifted": info["drifted"]}
+            "changes": info["changes"], "drifted": info["drifted"],
+            "new_records": info["new_records"], "records": info["records"]}
 
 
 @api("/overlays/list", "GET", "Overlays (staging areas) and which one is active",
@@ -889,19 +926,32 @@ async def resolve_drift(node: Node, body: dict[str, Any]) -> dict[str, Any]:
     return {"seq": node.current.writer.appended}
 
 
-@api("/overlays/<id>/changes", "GET", "An overlay's staged changes and its drifted fields",
-     query=("after",))
+MAX_CHANGES = 100_000
+
+
+@api("/overlays/<id>/changes", "GET", "An overlay's staged changes (the first `limit`; `total` "
+     "counts them all) and its drifted fields", query=("after", "limit"))
 async def overlay_changes(node: Node, body: Any, id: str) -> dict[str, Any]:
     oid = _id(id)
+    raw = request.args.get("limit")
+    limit = MAX_CHANGES
+    if raw not in (None, ""):
+        try:
+            limit = int(raw)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_CHANGES:
+            raise ValidationError(f"limit must be an integer 1-{MAX_CHANGES}", field="limit")
     await _after(node)
-    return dict(await _command(node, lambda ws: _changes(ws, oid)))
+    return dict(await _command(node, lambda ws: _changes(ws, oid, limit)))
 
 
-def _changes(ws: Workspace, oid: bytes) -> dict[str, Any]:
+def _changes(ws: Workspace, oid: bytes, limit: int = MAX_CHANGES) -> dict[str, Any]:
     ws.overlays.get(oid)
     views = ws.views
     out = []
-    for r in ws.overlays.rows(oid):
+    rows = ws.overlays.rows(oid)
+    for r in rows[:limit]:
         p = r.payload
         facet = getattr(p, "facet", None)
         name = getattr(p, "field", None)
@@ -918,7 +968,7 @@ def _changes(ws: Workspace, oid: bytes) -> dict[str, Any]:
                     "table": facet, "field_name": name, "field_label": label,
                     "old_value": old, "new_value": new, "drifted": r.drifted,
                     "drift_kind": r.drift_kind})
-    return {"changes": out, "drift": ws.list_drift(oid)}
+    return {"changes": out, "total": len(rows), "drift": ws.list_drift(oid)}
 
 
 # --- the app ----------------------------------------------------------------------------------
@@ -979,6 +1029,7 @@ def openapi() -> dict[str, Any]:
                                         "schema": STR} for n in ("id", "version", "file")],
         "responses": {"200": {"description": "a file"}}}}
     paths.update(api_blobs.openapi_paths())  # upload, download, thumbnail (not JSON)
+    paths.update(api_csv.openapi_paths())  # CSV upload and export (not JSON)
     return {
         "openapi": "3.1.0",
         "info": {"title": "openprod engine API", "version": "1",
@@ -1021,10 +1072,18 @@ def create_app(node: Node) -> QuartTrio:
         if origin is not None and origin not in {f"http://{h}" for h in allowed_hosts()}:
             raise ApiError("forbidden", f"Origin {origin!r} is not this engine")
 
+    # the page's cookie carries this home's session secret (kept across launches, so an open
+    # page survives an engine restart); local tools send this launch's token as a Bearer header
+    # (read on first use: create_app(None) only lists the routes)
+    session = functools.cache(lambda: node.home.session_secret())
+
     def authorized(headers: Any, cookies: Any) -> bool:
         auth = headers.get("Authorization", "")
-        given = auth[7:] if auth.startswith("Bearer ") else cookies.get(COOKIE, "")
-        return bool(given) and _same_token(given, node.token)
+        if auth.startswith("Bearer "):
+            return _same_token(auth[7:], node.token)
+        given = cookies.get(COOKIE, "")
+        # an older page's cookie may still hold this launch's token
+        return bool(given) and (_same_token(given, session()) or _same_token(given, node.token))
 
     open_paths = ("/", "/api/openapi.json")
 
@@ -1066,7 +1125,7 @@ def create_app(node: Node) -> QuartTrio:
                 raise ApiError("unauthorized", "this link's token is not valid for this "
                                "launch of the engine")
             resp = redirect("/", 303)
-            resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict")
+            resp.set_cookie(COOKIE, session(), httponly=True, samesite="Strict")
             return resp
         return await send_from_directory(WEB_DIR, "index.html")
 
@@ -1086,6 +1145,7 @@ def create_app(node: Node) -> QuartTrio:
         app.add_url_rule(r.path, endpoint=r.handler.__name__, view_func=_wrap(node, r),
                          methods=[r.method])
     api_blobs.install(app, node)  # streamed upload, file downloads and thumbnails
+    api_csv.install(app, node)  # streamed CSV upload, CSV export (after api_blobs)
 
     @app.websocket("/events")
     async def events() -> None:
@@ -1145,6 +1205,9 @@ def _not_json(name: str) -> Any:
 
 def _wrap(node: Node, r: Route) -> Callable[..., Awaitable[Response]]:
     async def view(**params: Any) -> Response:
+        if node.session is None:  # another workspace is being opened: answer from it
+            with trio.move_on_after(AFTER_TIMEOUT_S):
+                await node.settled.wait()
         body: Any = None
         if r.method in ("POST", "DELETE"):
             raw = await request.get_data()
@@ -1185,8 +1248,16 @@ async def serve_api(node: Node, host: str, port: int, *,
 
 # The module and field-mapping routes live in their own module; importing it registers them in
 # ROUTES (it imports this module's helpers, hence the import at the end).
-from actors import api_blobs, api_modules, api_rules, api_scripts  # noqa: E402
+from actors import (  # noqa: E402
+    api_blobs,
+    api_csv,
+    api_history,
+    api_modules,
+    api_rules,
+    api_scripts,
+    api_views,
+)
 from actors.api_modules import serve_view  # noqa: E402
 
-__all__ = ["ROUTES", "NotFound", "api_blobs", "api_modules", "api_rules", "api_scripts",
-           "create_app", "openapi", "serve_api"]
+__all__ = ["ROUTES", "NotFound", "api_blobs", "api_csv", "api_history", "api_modules",
+           "api_rules", "api_scripts", "api_views", "create_app", "openapi", "serve_api"]

@@ -1,7 +1,8 @@
 """The engine's home directory: identity, engine lock, launch token and workspace folders.
 
 Layout (spec 03 §2): `<home>/identity.json` (0600), `<home>/engine.lock`, `<home>/api-token`
-(0600, this launch's token), `<home>/workspaces/<ws>/` (0700) holding `workspace.toml` and
+(0600, this launch's token), `<home>/session-secret` (0600, the browser session cookie, kept across
+launches), `<home>/workspaces/<ws>/` (0700) holding `workspace.toml` and
 `oplog.db`, `<home>/node.json` remembering the last opened workspace, and
 `<home>/modules/<id>/<version>/`, this user's module install store (actors.module_store).
 """
@@ -25,6 +26,9 @@ from openprod.core import ids
 from openprod.core.errors import NotFound, OpenprodError, ValidationError
 from openprod.engine.manifest import Package
 from openprod.engine.workspace import OPLOG_FILE, Workspace
+
+# the name a replica joined by id or address has until its genesis (and real name) arrives
+JOINING_NAME = "Joining workspace"
 
 
 class HomeError(OpenprodError):
@@ -97,6 +101,29 @@ class Home:
 
     def read_token(self) -> str:
         return (self.path / "api-token").read_text().strip()
+
+    def session_secret(self) -> str:
+        """The browser session's cookie value: made once per home (0600) and kept across
+        launches, so an open page survives an engine restart while the `?token=` link still
+        changes per launch. Deleting the file signs every browser out at the next start."""
+        path = self.path / "session-secret"
+        try:
+            secret = path.read_text().strip()
+        except FileNotFoundError:
+            secret = ""
+        if len(secret) >= 32:
+            if os.stat(path).st_mode & 0o077:
+                os.chmod(path, 0o600)
+            return secret
+        secret = secrets.token_urlsafe(32)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return secret
 
     # --- modules (spec 04 §4: install is per user, no ops) -------------------------------------
     @property
@@ -189,7 +216,7 @@ class Home:
             raise ValidationError(f"workspace {ws_id} is already on this device", workspace=ws_id)
         ws = Workspace.join(path, ident, ws_bytes)
         os.chmod(path, 0o700)
-        self.write_meta(ids.to_text(ws_bytes), name=name or "Joining workspace", state="joining")
+        self.write_meta(ids.to_text(ws_bytes), name=name or JOINING_NAME, state="joining")
         return ws
 
     def read_meta(self, ws_id: str) -> dict[str, Any]:

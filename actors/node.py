@@ -40,7 +40,7 @@ import trio
 from actors import blob_locks, blocking
 from actors.conflict_manager import ConflictManager, ConflictReader
 from actors.events import EventHub
-from actors.home import Home
+from actors.home import JOINING_NAME, Home
 from actors.oplog_writer import OplogWriter
 from actors.overlay_manager import OverlayManager
 from actors.reader import Reader
@@ -181,6 +181,10 @@ class Node:
         self.expected_gh: dict[str, str] = {}
         self._joined = trio.Event()
         self.discovery_error: str | None = None
+        # cleared while open_workspace swaps sessions: API requests arriving then wait for the
+        # new one instead of failing (spec 05 J1 "one workspace open at a time")
+        self.settled = trio.Event()
+        self.settled.set()
 
     def attach(self, nursery: trio.Nursery) -> None:
         """Run sessions in this nursery (tests drive the API in-process without Hypercorn)."""
@@ -197,14 +201,19 @@ class Node:
     async def open_workspace(self, ws_id: str) -> Session:
         path = self.home.workspace_path(ws_id)
         assert self._nursery is not None
-        if self.session is not None:
-            old, self.session = self.session, None
-            await old.stop()
-        session = Session(path, self.ident, self.hub, now=self.now,
-                          sync=self._sync_options(ws_id), services=self._services(),
-                          home=self.home)
-        await self._nursery.start(session.run)
-        self.session = session
+        if self.settled.is_set():
+            self.settled = trio.Event()
+        try:
+            if self.session is not None:
+                old, self.session = self.session, None
+                await old.stop()
+            session = Session(path, self.ident, self.hub, now=self.now,
+                              sync=self._sync_options(ws_id), services=self._services(),
+                              home=self.home)
+            await self._nursery.start(session.run)
+            self.session = session
+        finally:
+            self.settled.set()
         self.home.set_last(ws_id)
         self.hub.publish({"type": "workspace_opened", "workspace_id": ws_id})
         return session
@@ -247,7 +256,14 @@ class Node:
         joined = self._joined = trio.Event()
 
         def on_joined() -> None:
-            self.home.write_meta(ws_id, state="active", clear_access_code=True)
+            # a replica joined by address was saved as "Joining workspace": now that the
+            # genesis arrived it has its real name (spec 05 J3)
+            s = self.session
+            name = None
+            if s is not None and s.ws_id == ws_id and self.home.read_meta(ws_id).get(
+                    "name") == JOINING_NAME:
+                name = s.sync.workspace_name()
+            self.home.write_meta(ws_id, name=name, state="active", clear_access_code=True)
             joined.set()
 
         opts: dict[str, Any] = {

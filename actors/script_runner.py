@@ -208,6 +208,7 @@ class ScriptRunner:
         self._order: deque[str] = deque()
         self.current: Run | None = None
         self._catalog: dict[str, catmod.ScriptInfo] | None = None
+        self._triggers_lock = trio.Lock()
         self.writer.fired_listeners.append(self._on_fired)
         self.ready = trio.Event()  # triggers installed, interrupted runs' overlays gone
 
@@ -387,13 +388,16 @@ class ScriptRunner:
         info = await self.get(script_id)
         if info.trigger != "on_change":
             raise ValidationError(f"{info.label} is not an on-change script", script=script_id)
-        if enabled:
-            self._grants(info, None)  # every capability decided before it may fire
-            on = self.settings.triggers(self.session.ws_id) | {script_id}
-            await self._install_triggers(on, check=script_id)
-        self.settings.set_trigger(self.session.ws_id, script_id, enabled)
-        if not enabled:
-            await self._install_triggers(self.settings.triggers(self.session.ws_id))
+        # one install at a time, each reading the switches it installs under the lock: a
+        # recompile after a schema change must not put back the switches read before this one
+        async with self._triggers_lock:
+            if enabled:
+                self._grants(info, None)  # every capability decided before it may fire
+                on = self.settings.triggers(self.session.ws_id) | {script_id}
+                await self._install_triggers(on, check=script_id)
+            self.settings.set_trigger(self.session.ws_id, script_id, enabled)
+            if not enabled:
+                await self._install_triggers(self.settings.triggers(self.session.ws_id))
         self.hub.publish({"type": "scripts_changed"})
 
     async def _install_triggers(self, enabled: set[str], check: str | None = None) -> None:
@@ -435,7 +439,8 @@ class ScriptRunner:
                   ) -> None:
         try:
             with contextlib.suppress(OpenprodError):
-                await self._install_triggers(self.settings.triggers(self.session.ws_id))
+                async with self._triggers_lock:
+                    await self._install_triggers(self.settings.triggers(self.session.ws_id))
             with contextlib.suppress(OpenprodError):
                 await self.writer.call(_discard_interrupted)
             self.ready.set()
@@ -474,7 +479,8 @@ class ScriptRunner:
                 changed = trio.Event()
                 self._catalog = None
                 with contextlib.suppress(OpenprodError):
-                    await self._install_triggers(self.settings.triggers(self.session.ws_id))
+                    async with self._triggers_lock:
+                        await self._install_triggers(self.settings.triggers(self.session.ws_id))
         finally:
             self.session.deriver.schema_listeners.remove(note)
 

@@ -157,6 +157,8 @@ class SyncPeer:
         self._in_remaining: int | None = None
         self.in_applied = 0
         self.in_dup = 0  # bundles received that we already held (what our acks counted as dup)
+        # the catch-up under way: (our head before it, bundles it applied per author)
+        self._catchup: tuple[int, dict[bytes, int]] | None = None
         self.out_remaining = 0
         self._conn: Any = None  # the link's reader connection (sessions, snapshots)
         self._partial: tuple[m.Ops, list[Any], int] | None = None
@@ -404,7 +406,14 @@ class SyncPeer:
         svc = self.svc
         async with inbox:
             async for msg, checked in inbox:
+                if not msg.live and self._catchup is None:
+                    self._catchup = (svc.writer.appended, {})
                 report = await svc.writer.call(partial(_admit, checked=checked, prev=msg.prev))
+                if not msg.live and self._catchup is not None and report.applied:
+                    applied, authors = set(report.applied), self._catchup[1]
+                    for c in checked:
+                        if c.actor is not None and c.bundle_id in applied:
+                            authors[c.actor] = authors.get(c.actor, 0) + 1
                 rejected = [(bid, code) for bid, code, _ in report.rejected]
                 self._send_control(Link.ack_for(msg, svc.local_vc(), len(report.applied),
                                                 len(report.dup), rejected))
@@ -433,7 +442,8 @@ class SyncPeer:
                 svc.changed.unpark_all()
 
     def _progress(self, msg: m.Ops) -> None:
-        """sync_progress (≤ 4/s, `remaining` never rises within a session), sync_caught_up."""
+        """sync_progress (≤ 4/s, `remaining` never rises within a session), sync_caught_up
+        (with what this catch-up brought, see SyncService.caught_up)."""
         if msg.live:
             return
         remaining = msg.remaining if msg.remaining is not None else 0
@@ -450,8 +460,11 @@ class SyncPeer:
                                "applied": self.in_applied})
         if msg.done:
             self._in_remaining = None
-            self.svc._publish({"type": "sync_caught_up", "peer_id": self.peer_id,
-                               "applied": self.in_applied})
+            start, authors = self._catchup or (self.svc.writer.appended, {})
+            self._catchup = None
+            self.svc.caught_up({"type": "sync_caught_up", "peer_id": self.peer_id,
+                                "applied": self.in_applied}, start, self.svc.writer.appended,
+                               authors)
 
     async def _flush(self) -> None:
         """Wait (briefly) until the writer has sent everything queued, e.g. a last ack."""

@@ -171,6 +171,54 @@ class SyncService:
         self.hub.publish(event)
         self.changed.unpark_all()
 
+    def caught_up(self, event: dict[str, Any], start: int, end: int,
+                  authors: dict[bytes, int]) -> None:
+        """Publish `sync_caught_up` with what the catch-up brought (spec 05 J15: "12 changes
+        from Alex and Jordan · 2 conflicts"): `changes` (bundles applied), `authors` [{actor_id,
+        name, changes}] (most first) and `conflicts`, the open conflicts one of whose values
+        arrived in it (our seqs start < s <= end). The conflicts projection lags the writer, so
+        the event goes out once it has applied `end` (bounded; `conflicts` is then null)."""
+        event = {**event, "changes": sum(authors.values()),
+                 "authors": [{"actor_id": a.hex(), "name": None, "changes": n}
+                             for a, n in sorted(authors.items(), key=lambda x: (-x[1], x[0]))],
+                 "conflicts": 0}
+        if not authors or self._nursery is None:
+            self._publish(event)
+            return
+        self._nursery.start_soon(self._summarize, event, start, end)
+
+    async def _summarize(self, event: dict[str, Any], start: int, end: int) -> None:
+        session = self.session
+        links = {p.peer_id: p.peer_name for p in self.links.values() if p.peer_name}
+
+        def read(c: Any) -> tuple[int, dict[str, str]]:
+            seqs: dict[str, int | None] = {}
+
+            def first_seq(bundle: str) -> int | None:
+                if bundle not in seqs:
+                    row = c.proj.conn.execute("SELECT first_seq FROM bundles WHERE bundle_id = ?",
+                                              (ids.from_text(bundle),)).fetchone()
+                    seqs[bundle] = int(row[0]) if row else None
+                return seqs[bundle]
+
+            n = 0
+            for rec in c.proj.list_conflicts("open"):
+                if any(start < (first_seq(t["bundle_id"]) or 0) <= end for t in rec["tips"]):
+                    n += 1
+            return n, c.actor_names()
+
+        with trio.move_on_after(30) as scope:
+            await session.conflicts.wait_applied(end)
+            n, names = await session.conflict_reader.read(read)
+        if scope.cancelled_caught:
+            event["conflicts"] = None
+            names = {}
+        else:
+            event["conflicts"] = n
+        for a in event["authors"]:
+            a["name"] = names.get(a["actor_id"]) or links.get(a["actor_id"])
+        self._publish(event)
+
     async def directory(self) -> m.Directory:
         """The answer to `list`: our workspace, unless it is still arriving here."""
         if self.genesis is None:
@@ -580,6 +628,8 @@ class SyncService:
                 "genesis": self.genesis.hex()[:16] if self.genesis else None,
                 "joining": self.genesis is None,
                 "connected": len(self.links), "remaining": remaining,
+                # file downloads under way (spec 05 J15 "Fetching files · 2")
+                "fetching": len(self.blobs.jobs),
                 "peers": peers, "manual_peers": list(self.manual_peers),
                 "discovered": list(self.discovered.values()),
                 "last_seen": [v for k, v in self.last_seen.items() if k not in linked]}

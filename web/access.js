@@ -137,17 +137,6 @@ function formDialog({ title, label, placeholder = "", help = "", submitLabel, bu
   return m.done;
 }
 
-/** Name a new workspace and create it (spec 05 J2); resolves with POST /workspace/create's
- * answer (incl. `recovery_secret`), or null. */
-export function newWorkspaceDialog() {
-  return formDialog({
-    title: "New workspace", label: "Workspace name", placeholder: "e.g. Summer tour",
-    help: "You will own it: you decide who can join, and get its recovery key.",
-    submitLabel: "Create workspace", busyLabel: "Creating…",
-    run: (name) => api.post("/workspace/create", { name }),
-  });
-}
-
 /** Ask for the access code of a workspace in access-code mode and join it (spec 03 §2);
  * resolves with POST /workspace/join's answer, or null. */
 export function joinWithCodeDialog(w) {

@@ -12,11 +12,16 @@ import { shortId } from "./format.js";
 import { Conflicts } from "./conflicts.js";
 import { Staging } from "./staging.js";
 import { Sync } from "./sync.js";
-import { newWorkspaceDialog, showRecoverySecret } from "./access.js";
 import { Modules } from "./modules.js";
 import { Rules } from "./rules.js";
 import { Scripts } from "./scripts.js";
 import { Files } from "./files.js";
+import { applyView, countText, defaultSettings, visibleColumns, allColumns } from "./viewstate.js";
+import { ViewBar } from "./viewbar.js";
+import { Inspector } from "./inspector.js";
+import { mountShell } from "./welcome.js";
+import { Print } from "./print.js";
+import { Csv } from "./csv.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -25,11 +30,23 @@ const state = {
   tables: [],
   tableId: null,
   records: [],
+  byId: new Map(), // record id -> record of `records`
   recordsSeq: 0,
   tablesSeq: 0,
   selection: [],
   blocked: false,
   view: null, // name of the module view shown instead of the grid, or null
+};
+
+// The open table's view (spec 05 §4; J8): the user's settings, and in stack mode the stack's
+// members in edge order with their edge ids (for /edges/reorder).
+const view = {
+  tableId: null,
+  settings: defaultSettings(),
+  stacks: [], // [{edge_type, label, parent_table}] this table can be shown as
+  stackOrder: null, // record ids of the stack in order, once loaded
+  stackEdges: new Map(), // record id -> its edge id in the stack
+  ids: [], // record ids shown, in display order
 };
 
 const recordsByTable = new Map(); // table id -> Promise<records> (link pickers and labels)
@@ -90,12 +107,13 @@ function reportError(err, what) {
 }
 
 const mod = isMac() ? "⌘" : "Ctrl+";
+const redoKeys = isMac() ? "⇧⌘Z" : "Ctrl+Shift+Z or Ctrl+Y";
 
 // --- conflicts and staging ----------------------------------------------------------------
 
 /** A record's person-readable name (its first text value), fetched when not on screen. */
 async function recordName(entityId, tableId) {
-  const here = state.records.find((r) => r.id === entityId);
+  const here = state.byId.get(entityId);
   if (here) return recordLabel(tableById(state.tableId), here);
   if (labels.get(entityId)) return labels.get(entityId);
   try {
@@ -151,6 +169,7 @@ const scripts = new Scripts({
   reportError,
   afterWrite: (seq) => ctx.afterWrite(seq),
   tableById,
+  tables: () => state.tables,
   recordName,
   moduleName: (id) => (modules.modules.find((m) => m.id === id) || {}).name || null,
   ruleLabel: (id) => rules.labelOf(id),
@@ -174,6 +193,35 @@ const files = new Files({
   recordName: (id) => grid.recordName(id),
   peerName: (actorId) => sync.names().get(actorId) || null,
   focusGrid: () => grid.focusActive(),
+});
+
+// the record inspector: form view, links both ways, attachments, history (spec 05 §2; J6/J7/J9)
+const inspector = new Inspector($("inspector-host"), {
+  api, toast, announce, files, tableById, recordLabel,
+  tables: () => state.tables,
+  async commit(updates) {
+    const r = await command(() => api.post("/records/update", { updates }));
+    await Promise.all([patchRecords(updates.map((u) => u.id), r.seq), refreshWorkspace(),
+      r.staged ? staging.refresh() : null]);
+    return r;
+  },
+  refreshAfter: (seq) => ctx.afterWrite(seq).catch(() => {}),
+  resolveConflict: (id, field) => conflicts.openForCell(id, field)
+    .catch((e) => reportError(e, "Couldn't open the conflict")),
+  openDrift: () => staging.openDrift(),
+});
+
+// printable paperwork: call sheets and cue sheets with a revision stamp (issue 9)
+const printer = new Print({ api, toast, tables: () => state.tables, tableById,
+  workspace: () => ({ name: state.ws ? state.ws.name : "" }) });
+
+// CSV in (into a new overlay, for review) and out (the current view or the whole table)
+const csv = new Csv({
+  api, toast, announce, staging,
+  tableId: () => state.tableId,
+  table: () => tableById(state.tableId),
+  visibleIds: () => grid.visibleIds(),
+  columns: () => grid.columns(),
 });
 
 // --- module views (spec 04 §1; J4) --------------------------------------------------------
@@ -221,6 +269,7 @@ function showView(name) {
   $("grid-host").hidden = !!view;
   $("module-view-host").hidden = !view;
   $("delete-selected-btn").hidden = !!view;
+  $("viewbar").hidden = !!view;
   if (view && !mountedView) {
     grid.flushEdit();
     mountedView = modules.mountView($("module-view-host"), view);
@@ -238,13 +287,41 @@ function showView(name) {
 const grid = new Grid($("grid-host"), {
   async commit(id, field, value) {
     const r = await command(() => api.post("/records/update", { id, values: { [field]: value } }));
-    await Promise.all([refreshRecords(r.seq), refreshWorkspace(),
+    await Promise.all([patchRecords([id], r.seq), refreshWorkspace(),
       r.staged ? staging.refresh() : null]);
   },
+  /** A rectangular paste: every cell in one change (one undo step). */
+  async pasteUpdates(updates) {
+    if (!updates.length) return;
+    const r = await command(() => api.post("/records/update", { updates }));
+    await Promise.all([patchRecords(updates.map((u) => u.id), r.seq), refreshWorkspace(),
+      r.staged ? staging.refresh() : null]);
+  },
+  /** The user resized or reordered columns in the grid: keep it in the view settings. */
+  onColumnsChanged(columns) {
+    const t = tableById(state.tableId);
+    if (!t) return;
+    changeView((s) => {
+      const hidden = allColumns(t, s).filter((c) => c.hidden)
+        .map((c) => (c.width ? { name: c.name, width: c.width, hidden: true }
+          : { name: c.name, hidden: true }));
+      const shown = columns.map((c) => {
+        const o = { name: c.name, hidden: false };
+        if (c.width) o.width = Math.min(4000, Math.max(16, Math.round(c.width)));
+        return o;
+      });
+      const names = new Set([...shown, ...hidden].map((c) => c.name));
+      s.columns = [...shown, ...hidden, ...(s.columns || []).filter((c) => !names.has(c.name))];
+    }, { fromGrid: true });
+  },
+  /** J8: move a record of the shown stack between its new neighbours (record ids). */
+  reorder: (id, where) => reorderInStack(id, where || {}),
   resolveConflict: (id, field) => conflicts.openForCell(id, field)
     .catch((e) => reportError(e, "Couldn't open the conflict")),
   openDrift: () => staging.openDrift(),
   files,
+  openRecord: (id) => inspector.open(id),
+  lastChange: (id, f) => inspector.lastChange(id, f),
   addRecord: () => addRecord(),
   deleteRecords: (ids, opts) => deleteRecords(ids, opts),
   async linkChoices(field) {
@@ -257,15 +334,9 @@ const grid = new Grid($("grid-host"), {
     }
     return groups;
   },
-  linkLabel(id) {
-    const here = state.records.find((r) => r.id === id);
-    if (here) return recordLabel(tableById(state.tableId), here);
-    if (labels.has(id)) return labels.get(id);
-    requestLabel(id);
-    return null;
-  },
-  onRows(n) {
-    $("record-count").textContent = n === 1 ? "1 record" : `${n} records`;
+  linkLabel: (id) => linkLabel(id),
+  onRows() {
+    // the count ("312 of 1,204 records") is the view's: applyAndShow writes it
   },
   onSelection(ids) {
     state.selection = ids;
@@ -275,6 +346,15 @@ const grid = new Grid($("grid-host"), {
       : "Delete selected";
   },
 });
+
+/** A linked record's name (null while it is being fetched). */
+function linkLabel(id) {
+  const here = state.byId.get(id);
+  if (here) return recordLabel(tableById(state.tableId), here);
+  if (labels.has(id)) return labels.get(id);
+  requestLabel(id);
+  return null;
+}
 
 function recordsOf(tableId) {
   if (!recordsByTable.has(tableId)) {
@@ -295,17 +375,21 @@ function requestLabel(id) {
     labels.set(id, null);
   }).finally(() => {
     labelRequests.delete(id);
-    if (labels.get(id)) grid.refreshLinks();
+    if (labels.get(id)) {
+      grid.refreshLinks();
+      applySoon(); // a search, filter or sort may use the name
+    }
   });
 }
 
 // --- loading ------------------------------------------------------------------------------
 
 /** While staging, note each staged cell's real (canonical) value for its tooltip. */
-async function withCanonical(tableId, r) {
+async function withCanonical(tableId, r, ids = null) {
   if (!r.records.some((rec) => (rec.staged || []).length)) return;
   try {
-    const c = await api.get("/records/list", { table: tableId, after: r.seq, canonical: 1 });
+    const c = await api.get("/records/list", { table: tableId, after: r.seq, canonical: 1,
+      ids: ids ? ids.join(",") : undefined });
     const byId = new Map(c.records.map((x) => [x.id, x]));
     for (const rec of r.records) {
       if (!(rec.staged || []).length) continue;
@@ -318,6 +402,12 @@ async function withCanonical(tableId, r) {
   }
 }
 
+function setRecords(records) {
+  state.records = records;
+  state.byId = new Map(records.map((r) => [r.id, r]));
+}
+
+/** Every record of the open table, again (a reconnect, a schema change, an undo…). */
 const refreshRecords = coalesce(async (seq) => {
   const tableId = state.tableId;
   if (!tableId) return;
@@ -326,9 +416,232 @@ const refreshRecords = coalesce(async (seq) => {
   await withCanonical(tableId, r);
   if (tableId !== state.tableId) return;
   state.recordsSeq = r.seq;
-  state.records = r.records;
+  setRecords(r.records);
   recordsByTable.set(tableId, Promise.resolve(r.records));
   grid.update(r.records);
+  applyAndShow();
+});
+
+// --- live patches (spec 05 §2 "Events are invalidation hints") -----------------------------
+
+const PATCH_MAX = 200; // more ids than this in one go (a long URL): reload the table instead
+const patchQueue = { ids: new Set(), seq: 0 };
+
+/** Re-fetch only these records of the open table and patch them into the grid (ids the engine
+ * no longer lists there leave it); resolves once they are on screen. */
+function patchRecords(ids, seq = 0) {
+  for (const id of ids) patchQueue.ids.add(id);
+  patchQueue.seq = Math.max(patchQueue.seq, seq || 0);
+  return runPatch();
+}
+
+const runPatch = coalesce(async () => {
+  const tableId = state.tableId;
+  const ids = [...patchQueue.ids];
+  const seq = patchQueue.seq;
+  patchQueue.ids.clear();
+  patchQueue.seq = 0;
+  if (!tableId || !ids.length) return;
+  if (ids.length > PATCH_MAX) {
+    await refreshRecords(seq);
+    return;
+  }
+  const r = await api.get("/records/list", { table: tableId, ids: ids.join(","),
+    after: seq || undefined });
+  if (tableId !== state.tableId || r.seq < state.recordsSeq) return;
+  await withCanonical(tableId, r, ids);
+  if (tableId !== state.tableId) return;
+  state.recordsSeq = r.seq;
+  const got = new Map(r.records.map((x) => [x.id, x]));
+  const removed = ids.filter((id) => !got.has(id) && state.byId.has(id));
+  const gone = new Set(removed);
+  let added = false;
+  const next = [];
+  for (const rec of state.records) {
+    if (got.has(rec.id)) next.push(got.get(rec.id));
+    else if (!gone.has(rec.id)) next.push(rec);
+  }
+  for (const rec of r.records) {
+    if (!state.byId.has(rec.id)) {
+      next.push(rec);
+      added = true;
+    }
+  }
+  // the engine lists records in creation order (by id); new ones go to their place
+  if (added) next.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  setRecords(next);
+  recordsByTable.set(tableId, Promise.resolve(next));
+  grid.patch(r.records, removed);
+  applyAndShow();
+});
+
+// --- the view: search, filters, sort, columns, stack (spec 05 §4, J8) --------------------------
+
+/** Show the open table through its view settings (the grid keeps selection and editor). */
+function applyAndShow() {
+  const t = tableById(state.tableId);
+  if (!t || view.tableId !== t.id) return;
+  const r = applyView(state.records, t, view.settings, {
+    labelOf: linkLabel, stackOrder: view.stackOrder,
+  });
+  $("record-count").textContent = countText(r.ids.length, r.total);
+  // a row being edited stays where it was until the edit ends, even if it no longer matches
+  const editing = grid.editing && !grid.editing.done ? grid.editing.id : null;
+  if (editing && state.byId.has(editing) && !r.ids.includes(editing) &&
+    view.ids.includes(editing)) {
+    r.ids.splice(Math.min(view.ids.indexOf(editing), r.ids.length), 0, editing);
+  }
+  view.ids = r.ids;
+  const ordered = !!view.settings.stack && !!view.stackOrder;
+  grid.setView({ order: r.ids, columns: visibleColumns(t, view.settings), ordered });
+  viewbar.setHint(!ordered ? "" : r.sortIgnored
+    ? "Sorting is off while a stack is shown in its own order · Alt+↑/↓ moves a row"
+    : "Stack order · Alt+↑/↓ moves a row");
+}
+
+let applyTimer = null;
+function applySoon() {
+  if (applyTimer) return;
+  applyTimer = setTimeout(() => {
+    applyTimer = null;
+    applyAndShow();
+  }, 80);
+}
+
+/** Let fn edit the open table's view settings; show the result and save it (debounced). */
+function changeView(fn, { structural = false, fromGrid = false } = {}) {
+  if (!view.tableId) return;
+  const stackBefore = JSON.stringify(view.settings.stack);
+  fn(view.settings);
+  let loading = false;
+  if (JSON.stringify(view.settings.stack) !== stackBefore) {
+    view.stackOrder = null;
+    view.stackEdges = new Map();
+    if (view.settings.stack) {
+      loading = true; // shown once its order is here (no flash of the whole table)
+      refreshStack().catch((e) => reportError(e, "Couldn't load the stack"));
+    }
+  }
+  if (!loading && (!fromGrid || structural)) applyAndShow();
+  viewbar.render({ refill: structural });
+  saveSoon();
+}
+
+let saveTimer = null;
+let savePending = null; // {table, settings} not saved yet
+
+function saveSoon() {
+  savePending = { table: view.tableId, settings: JSON.parse(JSON.stringify(view.settings)) };
+  clearTimeout(saveTimer);
+  saveTimer = setTimeout(() => flushSave(), 400);
+}
+
+/** Save the pending view settings now (a table switch, leaving the page). */
+function flushSave({ keepalive = false } = {}) {
+  clearTimeout(saveTimer);
+  const body = savePending;
+  savePending = null;
+  if (!body) return Promise.resolve();
+  if (keepalive) {
+    // the page is going away: a plain request might be cancelled with it
+    fetch("/views/settings", {
+      method: "POST", credentials: "same-origin", keepalive: true,
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify(body),
+    }).catch(() => {});
+    return Promise.resolve();
+  }
+  return api.post("/views/settings", body)
+    .catch((e) => reportError(e, "Couldn't save the view settings"));
+}
+
+/** The open table's view settings and the stacks it can be shown as. */
+async function loadViewSettings(tableId) {
+  try {
+    const r = await api.get("/views/settings", { table: tableId });
+    return { settings: { ...defaultSettings(), ...r.settings }, stacks: r.stacks || [] };
+  } catch (e) {
+    reportError(e, "Couldn't load the view settings");
+    return { settings: defaultSettings(), stacks: [] };
+  }
+}
+
+/** Only the stacks (after a schema change: an adopted module may bring an ordered link). */
+async function refreshStacks() {
+  const tableId = view.tableId;
+  if (!tableId) return;
+  const r = await api.get("/views/settings", { table: tableId });
+  if (view.tableId !== tableId) return;
+  view.stacks = r.stacks || [];
+  viewbar.renderStack();
+}
+
+/** J8: the members of the shown stack in order, with their edge ids. */
+async function loadStack(seq = 0) {
+  const st = view.settings.stack;
+  if (!st) {
+    view.stackOrder = null;
+    view.stackEdges = new Map();
+    return;
+  }
+  const r = await api.get("/edges/list", { entity: st.parent, type: st.edge_type,
+    direction: "in", after: seq || undefined });
+  if (view.settings.stack !== st) return; // another stack was picked meanwhile
+  const edges = r.edges.filter((e) => e.dst === st.parent && e.type === st.edge_type);
+  view.stackOrder = edges.map((e) => e.src);
+  view.stackEdges = new Map(edges.map((e) => [e.src, e.id]));
+}
+
+const refreshStack = coalesce(async (seq) => {
+  await loadStack(seq);
+  applyAndShow();
+});
+
+/** Move record `id` between the records `after` and `before` of the shown stack (J8): the
+ * row moves at once, then the engine's order is shown. */
+async function reorderInStack(id, { after = null, before = null }) {
+  const st = view.settings.stack;
+  if (!st) throw new Error("Rows can be moved only while a stack is shown.");
+  if (!view.stackEdges.has(id)) await loadStack();
+  const edge = view.stackEdges.get(id);
+  if (!edge) throw new Error("This record is not in the stack.");
+  const body = { id: edge };
+  if (after && view.stackEdges.has(after)) body.after = view.stackEdges.get(after);
+  if (before && view.stackEdges.has(before)) body.before = view.stackEdges.get(before);
+  if (view.stackOrder) {
+    const order = view.stackOrder.filter((x) => x !== id);
+    let at = body.after ? order.indexOf(after) + 1 : body.before ? order.indexOf(before) : 0;
+    if (!body.after && !body.before) at = order.length;
+    order.splice(at, 0, id);
+    view.stackOrder = order;
+    applyAndShow();
+  }
+  try {
+    const r = await command(() => api.post("/edges/reorder", body));
+    await refreshStack(r.seq);
+    refreshWorkspace().catch(() => {});
+  } catch (err) {
+    await refreshStack().catch(() => {});
+    throw err;
+  }
+}
+
+/** The records a stack can be shown for (e.g. the cue lists), by name. */
+async function stackParents(stack) {
+  const t = tableById(stack.parent_table);
+  if (!t) return [];
+  const recs = await recordsOf(t.id);
+  return recs.map((r) => ({ id: r.id, label: recordLabel(t, r) }))
+    .sort((a, b) => a.label.localeCompare(b.label, undefined, { numeric: true }));
+}
+
+const viewbar = new ViewBar($("viewbar"), {
+  table: () => (view.tableId ? tableById(view.tableId) : null),
+  settings: () => view.settings,
+  change: (fn, opts) => changeView(fn, opts),
+  stacks: () => view.stacks,
+  stackParents,
+  focusGrid: () => grid.focusActive(),
 });
 
 const refreshWorkspace = coalesce(async () => {
@@ -342,9 +655,9 @@ const refreshWorkspace = coalesce(async () => {
     // while staging, undo/redo act on the overlay (J13); the engine's can_undo/can_redo
     // describe the canonical stack, so use the overlay's own flags when given, else offer both
     // (an empty step answers "Nothing to undo")
-    setUndoRedo(ov.can_undo ?? true, ov.can_redo ?? true);
+    setUndoRedo(ov.can_undo ?? true, ov.can_redo ?? true, ov);
   } else {
-    setUndoRedo(ws.can_undo, ws.can_redo);
+    setUndoRedo(ws.can_undo, ws.can_redo, ws);
   }
   if (typeof ws.conflicts_open === "number") conflicts.setCount(ws.conflicts_open);
   const active = ws.active_overlay ? ws.active_overlay.id : null;
@@ -367,7 +680,13 @@ const refreshTables = coalesce(async (seq) => {
   } else if (!before || JSON.stringify(before) !== JSON.stringify(now)) {
     showTableHeader(now);
     grid.setTable(now, state.records);
-    await refreshRecords(r.seq);
+    applyAndShow();
+    viewbar.render();
+    await Promise.all([refreshRecords(r.seq),
+      refreshStacks().catch((e) => reportError(e, "Couldn't load the stacks"))]);
+  } else {
+    // another table changed (e.g. a module adopted): it may bring a stack for this one
+    refreshStacks().catch(() => {});
   }
 });
 
@@ -377,10 +696,15 @@ function rememberKey() {
 
 async function selectTable(id) {
   grid.flushEdit();
-  if (id !== state.tableId) showView(null);
+  if (id !== state.tableId) {
+    showView(null);
+    viewbar.close({ focus: false });
+  }
+  flushSave();
   state.tableId = id;
-  state.records = [];
+  setRecords([]);
   state.recordsSeq = 0;
+  view.tableId = null;
   renderTableList();
   const t = tableById(id);
   $("empty-state").hidden = !!t;
@@ -389,29 +713,46 @@ async function selectTable(id) {
   localStorage.setItem(rememberKey(), id);
   showTableHeader(t);
   renderViewTabs();
-  const r = await api.get("/records/list", { table: id });
+  const [r, vs] = await Promise.all([api.get("/records/list", { table: id }),
+    loadViewSettings(id)]);
   if (state.tableId !== id) return;
   await withCanonical(id, r);
   if (state.tableId !== id) return;
-  state.records = r.records;
+  setRecords(r.records);
   state.recordsSeq = r.seq;
   recordsByTable.set(id, Promise.resolve(r.records));
+  view.tableId = id;
+  view.settings = vs.settings;
+  view.stacks = vs.stacks;
+  view.stackOrder = null;
+  view.stackEdges = new Map();
+  if (view.settings.stack) {
+    await loadStack().catch((e) => reportError(e, "Couldn't load the stack"));
+    if (state.tableId !== id) return;
+  }
   grid.setTable(t, r.records);
+  applyAndShow();
+  viewbar.render();
 }
 
 function showTableHeader(t) {
   $("table-title").textContent = t.label;
+  $("print-btn").hidden = printer.available(t.id).length === 0;
 }
 
 async function reloadAll() {
   recordsByTable.clear();
   labels.clear();
   files.reset();
+  inspector.refresh(); // the open record, its links and history, asked again (reconnect)
   state.tablesSeq = 0;
   state.recordsSeq = 0;
   await refreshWorkspace();
   await refreshTables();
-  if (state.tableId) await refreshRecords();
+  if (state.tableId) {
+    await refreshRecords();
+    if (view.settings.stack) await refreshStack().catch(() => {});
+  }
   // (each is also refreshed by its own events; a failure here must not stop the grid loading)
   await Promise.all([conflicts.refresh().catch((e) => reportError(e, "Couldn't load conflicts")),
     staging.refresh().catch((e) => reportError(e, "Couldn't load overlays")),
@@ -470,7 +811,18 @@ async function addRecord() {
   grid.flushEdit();
   try {
     const r = await command(() => api.post("/records/create", { table: tableId, values: {} }));
-    await refreshRecords(r.seq);
+    const st = view.tableId === tableId ? view.settings.stack : null;
+    if (st) {
+      // J8: in stack mode a new record joins the shown stack, at its end
+      const last = view.stackOrder && view.stackOrder.length
+        ? view.stackEdges.get(view.stackOrder[view.stackOrder.length - 1]) : null;
+      const e = await command(() => api.post("/edges/create", {
+        type: st.edge_type, src: r.id, dst: st.parent, ...(last ? { after: last } : {}),
+      }));
+      await Promise.all([patchRecords([r.id], e.seq), refreshStack(e.seq)]);
+    } else {
+      await patchRecords([r.id], r.seq);
+    }
     if (state.tableId === tableId) grid.focusRecord(r.id);
     announce("Record added");
     refreshWorkspace().catch(() => {});
@@ -487,7 +839,7 @@ async function deleteRecords(ids, { label } = {}) {
   if (!window.confirm(question)) return;
   try {
     const r = await command(() => api.post("/records/delete", { ids }));
-    await Promise.all([refreshRecords(r.seq), refreshWorkspace()]);
+    await Promise.all([patchRecords(ids, r.seq), refreshWorkspace()]);
     dismissUndoOffer = toast(ids.length === 1 ? "Record deleted" : `${ids.length} records deleted`, {
       action: { label: "Undo", run: () => undoRedo("undo") },
     });
@@ -496,9 +848,14 @@ async function deleteRecords(ids, { label } = {}) {
   }
 }
 
-function setUndoRedo(canUndo, canRedo) {
+/** J13: the buttons say what they would do ("Undo: set Cue 42 · Time (Ctrl+Z)"). */
+function setUndoRedo(canUndo, canRedo, labels = null) {
   $("undo-btn").disabled = !canUndo;
   $("redo-btn").disabled = !canRedo;
+  const undo = labels && labels.undo_label;
+  const redo = labels && labels.redo_label;
+  $("undo-btn").title = undo ? `Undo: ${undo} (${mod}Z)` : `Undo (${mod}Z)`;
+  $("redo-btn").title = redo ? `Redo: ${redo} (${redoKeys})` : `Redo (${redoKeys})`;
 }
 
 function skippedMessage(kind, skipped) {
@@ -506,7 +863,7 @@ function skippedMessage(kind, skipped) {
   const parts = skipped.slice(0, 3).map((s) => {
     const who = s.display_name || s.actor_name ||
       (s.actor ? `another user (${String(s.actor).slice(0, 8)})` : "another user");
-    const rec = state.records.find((r) => r.id === s.entity_id);
+    const rec = state.byId.get(s.entity_id);
     const name = rec ? recordLabel(tableById(state.tableId), rec) : `record …${shortId(s.entity_id)}`;
     let what;
     if (s.field === "$entity") what = name;
@@ -529,6 +886,7 @@ async function undoRedo(kind) {
   try {
     const r = await command(() => api.post(`/${kind}`, {}));
     setUndoRedo(r.can_undo, r.can_redo);
+    refreshWorkspace().catch(() => {}); // the next steps' names
     if (r.status === "empty") {
       toast(kind === "undo" ? "Nothing to undo" : "Nothing to redo");
     } else if (r.status === "skipped") {
@@ -564,38 +922,42 @@ async function newTable() {
   }
 }
 
-/** Create a workspace (spec 05 J2) and show its recovery key once (spec 03 §2 Create). The
- * engine opens it and says so with `workspace_opened`, which reloads the screen. */
-async function newWorkspace() {
-  if (state.blocked) return;
-  grid.flushEdit();
-  const r = await newWorkspaceDialog();
-  if (!r) return;
-  announce("Workspace created");
-  if (r.recovery_secret) {
-    await showRecoverySecret(r.recovery_secret, { title: "Save the recovery key" });
-  }
-}
-
 // --- events -------------------------------------------------------------------------------
 
 function onEvent(ev) {
+  inspector.onEvent(ev); // re-reads the open record; never swallows the event
+  if (csv.onEvent(ev)) return; // import_progress
   if (rules.onEvent(ev)) return; // rule_proposals_changed, rules_changed, automation_suspended
   if (scripts.onEvent(ev)) return; // script_*, scripts_changed
   if (files.onEvent(ev)) return; // blob_fetch_progress, blob_available, blob_fetch_failed
   switch (ev.type) {
-    case "records_changed":
+    case "records_changed": {
       recordsByTable.delete(ev.table);
       if (mountedView) mountedView.changed(ev.table);
-      for (const id of ev.entity_ids || []) labels.delete(id);
+      const changed = ev.entity_ids || [];
+      for (const id of changed) labels.delete(id);
       if (ev.table === state.tableId) {
-        refreshRecords(ev.seq).catch((e) => reportError(e, "Couldn't refresh"));
-      } else if ((ev.entity_ids || []).some((id) => grid.records && [...grid.records.values()]
-        .some((r) => Object.values(r.values).includes(id)))) {
-        grid.refreshLinks();
+        // re-fetch only the named rows; the view re-applies (a row may leave or move)
+        patchRecords(changed, ev.seq).catch((e) => reportError(e, "Couldn't refresh"));
+      } else {
+        const set = new Set(changed);
+        if (state.records.some((r) => Object.values(r.values).some((v) => set.has(v)))) {
+          grid.refreshLinks();
+          applySoon();
+        }
+      }
+      const st = view.settings.stack;
+      // a link op names both ends: a move in the stack names its parent (J8, live)
+      if (st && view.tableId === state.tableId &&
+        (ev.table === state.tableId || changed.includes(st.parent))) {
+        refreshStack(ev.seq).catch(() => {});
+      }
+      if (view.stacks.some((x) => x.parent_table === ev.table)) {
+        viewbar.renderStack(); // a cue list renamed, added or removed
       }
       refreshWorkspace().catch(() => {});
       break;
+    }
     case "tables_changed":
       refreshTables(ev.seq).catch((e) => reportError(e, "Couldn't refresh the tables"));
       // a module adopted here or by a peer: its views may now be offered
@@ -621,6 +983,10 @@ function onEvent(ev) {
       break;
     case "workspace_opened":
       state.tableId = null;
+      // the engine has switched already: a pending save would land in the other workspace
+      clearTimeout(saveTimer);
+      savePending = null;
+      view.tableId = null;
       reloadAll().catch((e) => reportError(e, "Couldn't load the workspace"));
       break;
     default:
@@ -661,7 +1027,11 @@ document.addEventListener("keydown", (e) => {
   const m = e.ctrlKey || e.metaKey;
   if (!m || e.altKey) return;
   const k = e.key.toLowerCase();
-  if (e.key === "Enter") {
+  if (k === "f" && !e.shiftKey && state.tableId && !state.view && !$("table-view").hidden) {
+    // Ctrl/⌘+F searches the table (spec 05 §4) instead of the page
+    e.preventDefault();
+    viewbar.focusSearch();
+  } else if (e.key === "Enter") {
     e.preventDefault();
     addRecord();
   } else if (isTyping(e.target)) {
@@ -694,7 +1064,7 @@ async function main() {
   hydrateIcons();
   $("undo-btn").title = `Undo (${mod}Z)`;
   $("undo-btn").setAttribute("aria-keyshortcuts", "Control+Z Meta+Z");
-  $("redo-btn").title = `Redo (${isMac() ? "⇧⌘Z" : "Ctrl+Shift+Z or Ctrl+Y"})`;
+  $("redo-btn").title = `Redo (${redoKeys})`;
   $("redo-btn").setAttribute("aria-keyshortcuts", "Control+Shift+Z Meta+Shift+Z Control+Y");
   $("add-record-btn").title = `New record (${mod}Enter)`;
   document.querySelector(".skip-link").addEventListener("click", (e) => {
@@ -706,8 +1076,19 @@ async function main() {
   $("redo-btn").addEventListener("click", () => undoRedo("redo"));
   $("new-table-btn").addEventListener("click", newTable);
   $("empty-new-table").addEventListener("click", newTable);
-  $("new-workspace-btn").addEventListener("click", () => newWorkspace()
-    .catch((e) => reportError(e, "Couldn't create the workspace")));
+  // J1–J3 shell (welcome, Switch…, Invite…, Adopt a module): web/welcome.js; its Create
+  // workspace dialog also offers modules to adopt (J2)
+  const shell = mountShell({ sync, reportError, workspace: () => state.ws,
+    openModules: () => modules.openPanel() });
+  $("new-workspace-btn").addEventListener("click", () => {
+    if (state.blocked) return;
+    grid.flushEdit();
+    shell.createWorkspace().catch((e) => reportError(e, "Couldn't create the workspace"));
+  });
+  $("import-csv-btn").addEventListener("click", () => csv.openImport());
+  $("export-csv-btn").addEventListener("click", (e) => csv.exportMenu(e.currentTarget));
+  $("print-btn").addEventListener("click", () => printer.openFor(state.tableId)
+    .catch((e) => reportError(e, "Couldn't prepare the printout")));
   $("add-record-btn").addEventListener("click", addRecord);
   $("modules-btn").addEventListener("click", () => modules.openPanel()
     .catch((e) => reportError(e, "Couldn't open the modules")));
@@ -722,6 +1103,8 @@ async function main() {
     next.click();
   });
   $("delete-selected-btn").addEventListener("click", () => deleteRecords([...state.selection]));
+  // view settings typed just before leaving are not lost
+  window.addEventListener("pagehide", () => flushSave({ keepalive: true }));
   try {
     const probe = await api.get("/workspace/current");
     state.ws = probe;

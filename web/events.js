@@ -1,9 +1,21 @@
 // The engine's event stream (WS /events). Events are invalidation hints (spec 05 §2): the UI
 // re-queries what they name. On reconnect we pass ?since=<last event_id> so the engine replays
 // what we missed, and we also ask the app to re-query everything on screen, as the spec asks.
+// The session cookie outlives an engine restart (it holds the home's session secret), so after
+// a restart the stream simply reconnects: "Reconnecting…", then "Live" and a full re-query.
 
 const MIN_DELAY_MS = 250;
 const MAX_DELAY_MS = 5000;
+
+const taps = new Set();
+
+/** Also call fn(ev) for every event, before the app's own handler (shell modules that must see
+ * events the app hands to another module first, e.g. blob events for "Fetching files · 2").
+ * Returns a function that removes it. */
+export function onAnyEvent(fn) {
+  taps.add(fn);
+  return () => taps.delete(fn);
+}
 
 export class EventStream {
   /**
@@ -12,7 +24,8 @@ export class EventStream {
    * @param {(reason: string) => void} handlers.onResync  re-query everything
    * @param {(state: "connecting"|"live"|"reconnecting") => void} handlers.onStatus
    * @param {() => void} [handlers.onFailure]  a connection attempt failed or dropped (the app
-   *   probes the API: a restarted engine has a new launch token, which a 401 reveals)
+   *   probes the API: a session the engine no longer knows, e.g. its home's session secret was
+   *   deleted, shows as a 401)
    */
   constructor({ onEvent, onResync, onStatus, onFailure = () => {} }) {
     this.onEvent = onEvent;
@@ -25,6 +38,7 @@ export class EventStream {
     this.delay = MIN_DELAY_MS;
     this.everConnected = false;
     this.dropped = false;
+    this.resynced = false;
     this.stopped = false;
     this.timer = null;
   }
@@ -89,15 +103,25 @@ export class EventStream {
       this.dropped = false;
       this.onStatus("live");
       if (this.lastId === null || restarted) this.lastId = ev.event_id;
-      if (wasDropped || restarted || otherWorkspace) {
-        this.onResync(restarted ? "engine restarted" : "reconnected");
-      }
+      // a restarted engine answers an old `since` with `resync` right after hello: one
+      // re-query covers both
+      this.resynced = wasDropped || restarted || otherWorkspace;
+      if (this.resynced) this.onResync(restarted ? "engine restarted" : "reconnected");
       return;
     }
     if (typeof ev.event_id === "number") this.lastId = Math.max(this.lastId ?? 0, ev.event_id);
+    const justResynced = this.resynced;
+    this.resynced = false;
     if (ev.type === "resync") {
-      this.onResync("resync");
+      if (!justResynced) this.onResync("resync");
       return;
+    }
+    for (const fn of taps) {
+      try {
+        fn(ev);
+      } catch (err) {
+        console.error(err); // a shell module's bug must not stop the app's own handling
+      }
     }
     if (ev.type === "workspace_opened") this.workspaceId = ev.workspace_id ?? this.workspaceId;
     this.onEvent(ev);

@@ -447,8 +447,7 @@ export class Rules {
     if (!offered.length) return;
     const n = offered.length;
     const b = el("button", { type: "button", class: "link-btn",
-      text: `${plural(n, "rule", "rules")} offered — Open Rules`,
-      "aria-label": `${plural(n, "rule", "rules")} offered by ${m.name || m.id} — Open Rules` });
+      text: `${plural(n, "rule", "rules")} offered by ${m.name || m.id} — Open Rules` });
     b.addEventListener("click", () => this.openPanel()
       .catch((e) => this.ctx.reportError(e, "Couldn't open the rules")));
     const host = li.querySelector(".peer-main") || li;

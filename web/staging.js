@@ -12,7 +12,9 @@ import { toast, announce } from "./toast.js";
 import { coalesced, when } from "./conflicts.js";
 
 const $ = (id) => document.getElementById(id);
-const plural = (n, one, many) => (n === 1 ? `1 ${one}` : `${n} ${many}`);
+const plural = (n, one, many) => (n === 1 ? `1 ${one}` : `${n.toLocaleString()} ${many}`);
+// the banner and Review read this many staged changes (an import of 10 000 rows stages 50 000)
+const SHOWN_CHANGES = 500;
 
 const OP_NAMES = {
   CreateEntity: "New record", DeleteEntity: "Delete record", RestoreEntity: "Restore record",
@@ -56,7 +58,8 @@ export class Staging {
     let ch = null;
     if (this.active) {
       try {
-        ch = await api.get(`/overlays/${encodeURIComponent(this.active.id)}/changes`);
+        ch = await api.get(`/overlays/${encodeURIComponent(this.active.id)}/changes`,
+          { limit: SHOWN_CHANGES });
       } catch (e) {
         // discarded or committed between the two requests: its overlays_changed event
         // reloads us, so this is not an error to show
@@ -66,9 +69,11 @@ export class Staging {
     }
     if (ch) {
       this.changes = ch.changes || [];
+      this.total = ch.total ?? this.changes.length;
       this.drift = ch.drift || [];
     } else {
       this.changes = [];
+      this.total = 0;
       this.drift = [];
     }
     this.renderBanner();
@@ -83,8 +88,15 @@ export class Staging {
     const count = $("overlays-count");
     count.hidden = this.overlays.length === 0;
     count.textContent = String(this.overlays.length);
-    $("overlays-btn").setAttribute("aria-label", this.overlays.length
-      ? `Overlays (${this.overlays.length}${stashed ? `, ${stashed} stashed` : ""})` : "Overlays");
+    // the pill is visual; the counts are the button's description, so that its name stays
+    // its visible text "Overlays" (WCAG 2.5.3 label in name)
+    count.setAttribute("aria-hidden", "true");
+    const btn = $("overlays-btn");
+    btn.removeAttribute("aria-label");
+    if (this.overlays.length) {
+      btn.title = `${plural(this.overlays.length, "overlay", "overlays")}` +
+        (stashed ? `, ${stashed} stashed` : "");
+    } else btn.removeAttribute("title");
     $("start-staging-btn").hidden = !!o;
     document.body.classList.toggle("is-staging", !!o);
     if (!o) {
@@ -95,7 +107,8 @@ export class Staging {
     const n = typeof o.changes === "number" ? o.changes : this.changes.length;
     $("staging-text").replaceChildren(el("strong", { text: "Staging: " }),
       el("span", { class: "staging-name", text: o.name }),
-      document.createTextNode(` — ${plural(n, "change", "changes")}`));
+      document.createTextNode(` — ${plural(n, "change", "changes")}` +
+        (o.new_records ? ` (${plural(o.new_records, "new record", "new records")})` : "")));
     const drifted = this.drift.length || o.drifted || 0;
     const commit = $("staging-commit");
     const reason = $("staging-drift");
@@ -247,7 +260,9 @@ export class Staging {
           return;
         }
         const rows = await Promise.all(this.changes.map((c) => this.changeRow(c)));
-        summary.textContent = `${plural(this.changes.length, "staged change", "staged changes")}` +
+        const more = this.total > this.changes.length
+          ? ` (the first ${this.changes.length.toLocaleString()} are listed)` : "";
+        summary.textContent = `${plural(this.total, "staged change", "staged changes")}${more}` +
           ". Nothing is applied until you commit; dropping a change forgets it.";
         const table = el("table", { class: "change-table" },
           el("thead", {}, el("tr", {},

@@ -9,9 +9,14 @@ import { modal } from "./dialogs.js";
 import { toast, announce } from "./toast.js";
 import { coalesced, when } from "./conflicts.js";
 import { AccessSection, joinWithCodeDialog } from "./access.js";
+import { onAnyEvent } from "./events.js";
 
 const $ = (id) => document.getElementById(id);
 const num = new Intl.NumberFormat(); // 1,240
+
+// file downloads starting, progressing and ending change "Fetching files · n" (J15); the app
+// hands these to the Files module, so they reach us through an event-stream tap
+const BLOB_EVENTS = new Set(["blob_fetch_progress", "blob_available", "blob_fetch_failed"]);
 
 const EVENTS = new Set([
   "sync_peer_connected", "sync_peer_disconnected", "sync_progress", "sync_caught_up",
@@ -46,7 +51,29 @@ export function describe(st) {
   }
   if (n === 0) return { state: "offline", text: "Offline — all changes saved locally" };
   if (left > 0) return { state: "catching-up", text: `Catching up · ${changesLeft(left)}` };
+  if (st.fetching > 0) return { state: "catching-up", text: `Fetching files · ${num.format(st.fetching)}` };
   return { state: "connected", text: `Connected · ${n} ${n === 1 ? "peer" : "peers"}` };
+}
+
+/** "Alex", "Alex and Jordan", "Alex, Jordan and Sam", "Alex, Jordan and 3 others". */
+export function nameList(names) {
+  if (names.length <= 1) return names.join("");
+  if (names.length <= 3) return `${names.slice(0, -1).join(", ")} and ${names[names.length - 1]}`;
+  return `${names.slice(0, 2).join(", ")} and ${names.length - 2} others`;
+}
+
+/** The toast after a catch-up (J15): "12 changes from Alex and Jordan · 2 conflicts", or null
+ * when it brought nothing. `names` maps actor ids to display names known otherwise. */
+export function catchUpSummary(ev, names = new Map()) {
+  const n = ev.changes || 0;
+  if (!n) return null;
+  const who = (ev.authors || []).map((a) => a.name || names.get(a.actor_id) ||
+    `someone (${fingerprint(a.actor_id)})`);
+  let text = `${num.format(n)} ${n === 1 ? "change" : "changes"}`;
+  if (who.length) text += ` from ${nameList(who)}`;
+  const c = ev.conflicts || 0;
+  if (c) text += ` · ${num.format(c)} ${c === 1 ? "conflict" : "conflicts"}`;
+  return text;
 }
 
 /** "host:port" → {host, port}, or throws an Error saying what is wrong. */
@@ -74,6 +101,9 @@ export class Sync {
     this.refused = new Set(); // joining workspaces whose members answered 4004
     this.poll = null;
     $("sync-status").addEventListener("click", () => this.openPanel());
+    onAnyEvent((ev) => {
+      if (BLOB_EVENTS.has(ev.type)) this.refresh().catch(() => {});
+    });
   }
 
   async load() {
@@ -153,6 +183,13 @@ export class Sync {
     if (ev.type === "workspace_joined") {
       toast("Workspace received — you are now in sync with your team.");
       this.ctx.reload();
+    }
+    if (ev.type === "sync_caught_up") {
+      const text = catchUpSummary(ev, this.names());
+      if (text) {
+        toast(text, ev.conflicts ? { kind: "warning", timeout: 12000 } : {});
+        announce(text);
+      }
     }
     if (ev.type === "sync_peer_disconnected" && ev.code === CLOSE_JOIN_REFUSED &&
       this.status && this.status.joining) {
@@ -273,21 +310,24 @@ export class Sync {
     }
   }
 
+  /** Join a discovered (or looked-up) workspace; resolves true once the engine opened it. */
   async join(w) {
     try {
       if (w.join === "key") {
         // the code is checked for shape by the engine (400 shown in the dialog); whether it
         // is right only shows when a member answers (4004, see joinRefused)
-        if (!await joinWithCodeDialog(w)) return;
+        if (!await joinWithCodeDialog(w)) return false;
         this.codeGiven.add(w.ws);
       } else {
-        await api.post("/workspace/join", { id: w.ws, ...(w.host
-          ? { host: w.host, port: w.port } : {}) });
+        await api.post("/workspace/join", { id: w.ws, ...(w.name ? { name: w.name } : {}),
+          ...(w.host ? { host: w.host, port: w.port } : {}) });
       }
       if (this.panel) this.panel.modal.close(null);
       toast(`Joining “${w.name}”… tables fill in as data arrives.`);
+      return true;
     } catch (err) {
       this.ctx.reportError(err, "Couldn't join the workspace");
+      return false;
     }
   }
 

@@ -89,8 +89,24 @@ def module_document(pkg: Package) -> dict[str, Any]:
                 shared[values.field_key(facet, fname)] = fd.shared_key
         if td.title_field is not None:
             titles[facet] = td.title_field
+    # which tables each relationship joins (DefineEdgeType has no ends): record pickers use it
+    ends = {f"{mid}.{ename}": {"from": ed.from_, "to": ed.to}
+            for ename, ed in pkg.manifest.edges.items()}
     return {"version": pkg.version, "manifest_hash": pkg.manifest_hash, "shared_keys": shared,
-            "title_fields": titles}
+            "title_fields": titles, "edge_ends": ends}
+
+
+def edge_ends(views: Views) -> dict[str, dict[str, str | None]]:
+    """Edge type → {from, to} tables, for the adopted modules' relationships (user-made edge
+    types join any records). Adoptions synced from an older engine have none."""
+    out: dict[str, dict[str, str | None]] = {}
+    for doc in module_configs(views).values():
+        ends = doc.get("edge_ends")
+        if isinstance(ends, dict):
+            for etype, e in ends.items():
+                if isinstance(e, dict):
+                    out[str(etype)] = {"from": e.get("from"), "to": e.get("to")}
+    return out
 
 
 def adoption_payloads(pkg: Package) -> list[O.Payload]:

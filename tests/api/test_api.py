@@ -22,12 +22,15 @@ from actors.api import COOKIE, MAX_BODY, ROUTES, WEB_DIR, Route
 from openprod.core import ids
 from tests.api import co_helpers
 from tests.api import test_blobs_api as blobs_helpers
+from tests.api import test_csv_api as csv_helpers
 from tests.api import test_fork_api as fork_helpers
+from tests.api import test_history_api as history_helpers
 from tests.api import test_lifecycle_api as lifecycle_helpers
 from tests.api import test_modules_api as modules_helpers
 from tests.api import test_rules_api as rules_helpers
 from tests.api import test_scripts_api as scripts_helpers
 from tests.api import test_sync_api as sync_helpers
+from tests.api import test_views_api as views_helpers
 from tests.api.conftest import HOST, ORIGIN, Api, error_of, ws_json
 
 HEX64 = set("0123456789abcdef")
@@ -137,12 +140,15 @@ BODIES: dict[str, Callable[[Api], Awaitable[dict[str, Any]]]] = {
     "/edges/delete": _b_edge_delete, "/edges/reorder": _b_edge_reorder, "/undo": _b_undo,
     "/redo": _b_redo, **co_helpers.BODIES, **sync_helpers.BODIES,
     **lifecycle_helpers.BODIES, **fork_helpers.BODIES, **modules_helpers.BODIES,
-    **rules_helpers.BODIES, **scripts_helpers.BODIES,
+    **rules_helpers.BODIES, **scripts_helpers.BODIES, **views_helpers.BODIES,
+    **csv_helpers.BODIES,
 }
 
 
 async def _path(api: Api, r: Route) -> str:
     ours = await co_helpers.path_of(api, r.path) or await blobs_helpers.path_of(api, r.path)
+    ours = ours or await history_helpers.path_of(api, r.path)
+    ours = ours or await views_helpers.path_of(api, r.path)
     if ours is not None:
         return ours
     if r.path == "/records/<id>":
@@ -657,7 +663,8 @@ async def test_route_succeeds(api: Api, route: Route) -> None:
     if route.path not in ("/workspace/create", "/workspace/open", *co_helpers.NO_WRITE,
                           *sync_helpers.NO_WRITE, *fork_helpers.NO_WRITE,
                           *modules_helpers.NO_WRITE, *rules_helpers.NO_WRITE,
-                          *scripts_helpers.NO_WRITE):
+                          *scripts_helpers.NO_WRITE, *views_helpers.NO_WRITE,
+                          *csv_helpers.NO_WRITE):
         assert data["seq"] > head, f"{route.path} did not write"
 
 
@@ -735,7 +742,7 @@ async def test_token_link_sets_cookie_and_redirects(api: Api) -> None:
     assert resp.status_code == 303
     assert resp.headers["Location"] == "/"
     cookie = resp.headers["Set-Cookie"]
-    assert cookie.startswith(f"{COOKIE}={api.token};")
+    assert cookie.startswith(f"{COOKIE}={api.home.session_secret()};")
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
     # the test client's cookie jar now carries the token: no Authorization header needed
     assert (await api.get("/identity", auth=False)).status_code == 200

@@ -186,7 +186,8 @@ async def test_overlay_create_list_current(api: Api) -> None:
     assert isinstance(o["created_at"], int)
     cur = await api.ok("GET", "/workspace/current")
     assert cur["active_overlay"] == {"id": oid, "name": "Plan B", "changes": 0,
-                                     "can_undo": False, "can_redo": False}
+                                     "can_undo": False, "can_redo": False,
+                                     "undo_label": None, "redo_label": None}
     await error_of(await api.post("/overlays/create", {"name": "  "}), 400, "invalid")
     assert len((await _overlays(api))["overlays"]) == 1
     sub.close()

@@ -184,6 +184,9 @@ async def test_adopt_builtin_installs_it_and_announces_tables(api: Api) -> None:
     assert {f["name"]: f["type"] for f in cues["fields"]}["time"] == "duration"
     types = {e["type"]: e for e in (await api.ok("GET", "/edge-types/list"))["edge_types"]}
     assert types["lighting_cues.cue_stack"]["ordered"] is True
+    # which tables the relationship joins (record pickers offer the right records)
+    assert (types["lighting_cues.cue_stack"]["from"], types["lighting_cues.cue_stack"]["to"]) == (
+        "lighting_cues.Cues", "lighting_cues.CueLists")
     m = (await _modules(api))["lighting_cues"]
     assert (m["installed"], m["adopted"]) == (["1.0.0"], "1.0.0")
     assert m["views"][0]["url"] == "/m/lighting_cues/1.0.0/views/cue_list.js"

@@ -23,9 +23,11 @@ print("made", args.count)
 
 async def _cast(api: Api) -> tuple[str, str]:
     """A table made here (write scope `workspace.*`): (table id, its name field)."""
-    tid = (await api.ok("POST", "/tables/create", {"label": "Cast",
-                                                   "fields": [{"label": "Name"}]}))["table"]
-    (t,) = [t for t in (await api.ok("GET", "/tables/list"))["tables"] if t["id"] == tid]
+    made = await api.ok("POST", "/tables/create", {"label": "Cast",
+                                                   "fields": [{"label": "Name"}]})
+    tid = made["table"]
+    (t,) = [t for t in (await api.ok("GET", f"/tables/list?after={made['seq']}"))["tables"]
+            if t["id"] == tid]
     return tid, t["fields"][0]["name"]
 
 

@@ -19,9 +19,10 @@ def test_write_run_edit_and_delete_a_workspace_script(tmp_path: Path) -> None:
 
     with serve(tmp_path / "data", tmp_path / "engine.log", ["--name", "Alex"]) as url:
         eng = Engine(url)
-        tid = eng.ok("POST", "/tables/create", {"label": "Cast",
-                                                "fields": [{"label": "Name"}]})["table"]
-        (t,) = [x for x in eng.ok("GET", "/tables/list")["tables"] if x["id"] == tid]
+        made = eng.ok("POST", "/tables/create", {"label": "Cast", "fields": [{"label": "Name"}]})
+        tid = made["table"]
+        (t,) = [x for x in eng.ok("GET", f"/tables/list?after={made['seq']}")["tables"]
+                if x["id"] == tid]
         name_field = t["fields"][0]["name"]
         eng.ok("POST", "/modules/adopt", {"id": "contacts"})
         with chromium() as browser:
@@ -98,9 +99,10 @@ def test_review_in_staging_then_return_to_your_session(tmp_path: Path) -> None:
 
     with serve(tmp_path / "data", tmp_path / "engine.log", ["--name", "Alex"]) as url:
         eng = Engine(url)
-        tid = eng.ok("POST", "/tables/create", {"label": "Cast",
-                                                "fields": [{"label": "Name"}]})["table"]
-        (t,) = [x for x in eng.ok("GET", "/tables/list")["tables"] if x["id"] == tid]
+        made = eng.ok("POST", "/tables/create", {"label": "Cast", "fields": [{"label": "Name"}]})
+        tid = made["table"]
+        (t,) = [x for x in eng.ok("GET", f"/tables/list?after={made['seq']}")["tables"]
+                if x["id"] == tid]
         field = t["fields"][0]["name"]
         sid = eng.ok("POST", "/scripts/put", {
             "label": "Add a swing",
