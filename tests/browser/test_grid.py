@@ -202,12 +202,17 @@ def grid_journey(browser: Any, engine: str) -> None:
     expect(cell(page2, 0, "Name")).to_have_text("Alicia")
     page2.screenshot(path="/tmp/ui-live.png")
 
+    # J13: the Undo button's tooltip names the step
+    expect(page.get_by_role("button", name="Undo")).to_have_attribute(
+        "title", re.compile(r"^Undo: set Alicia · Name \(Ctrl\+Z\)$"))
     # undo with the keyboard on page 1: both pages show the old value; redo from page 2's button
     page.keyboard.press("Control+z")
     expect(cell(page, 0, "Name")).to_have_text("Alice")
     expect(cell(page2, 0, "Name")).to_have_text("Alice")
     redo2 = page2.get_by_role("button", name="Redo")
     expect(redo2).to_be_enabled()
+    expect(page.get_by_role("button", name="Redo")).to_have_attribute(
+        "title", re.compile(r"^Redo: set Alice · Name "))
     redo2.click()
     expect(cell(page, 0, "Name")).to_have_text("Alicia")
     expect(cell(page2, 0, "Name")).to_have_text("Alicia")
