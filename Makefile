@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/scripts.py
 	$(BIN)/python bench/blobs.py
+	$(BIN)/python bench/ui.py
 
 clean:
 	rm -rf $(VENV)

@@ -556,7 +556,7 @@ export class Inspector {
     row.markers.replaceChildren();
     if (conflicted) {
       const b = el("button", { type: "button", class: "btn btn-ghost btn-sm insp-resolve",
-        "aria-label": `Resolve the conflict on ${f.label}`,
+        "aria-label": `Conflict · Resolve the conflict on ${f.label}`,
         title: "People changed this at the same time; this value is provisional until " +
           "someone picks one" },
       el("span", { html: icon("warning") }), el("span", { text: "Conflict · Resolve…" }));
