@@ -13,9 +13,7 @@ in this workspace, or a module not installed here) from the links that exist.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 import weakref
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Any
 import trio
 from quart import request
 
-from actors import blocking
+from actors import blocking, private_json
 from actors.api import _field, _query, api, obj
 from actors.module_store import ModuleStore, builtin_modules
 from actors.node import Node
@@ -187,18 +185,11 @@ class ViewSettings:
         self.path = home / FILE
 
     def _load(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text("utf-8"))
-        except (OSError, ValueError):
-            return {}
+        data = private_json.load(self.path)
         return data if isinstance(data, dict) else {}
 
     def _save(self, data: dict[str, Any]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        private_json.save(self.path, data)
 
     def get(self, ws_id: str, table: str) -> dict[str, Any]:
         got = self._load().get(ws_id, {})

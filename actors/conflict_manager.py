@@ -21,11 +21,12 @@ import trio
 from actors import blocking
 from actors.events import EventHub
 from actors.projection_actor import ProjectionActor
-from openprod.core import codec, ids, values
 from openprod.core import hlc as hlcmod
+from openprod.core import ids, values
 from openprod.engine.conflicts import ConflictProjection
 from openprod.engine.state import ENTITY_KEY, StateProjection
 from openprod.engine.views import Views
+from openprod.engine.views import actor_names as views_actor_names
 from openprod.storage import db
 
 T = TypeVar("T")
@@ -91,19 +92,7 @@ class ConflictReader:
         return None if rec is None else self._api_json(rec, self.actor_names())
 
     def actor_names(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for key, value in self._state.conn.execute(
-            "SELECT key, value FROM config WHERE ns = 'actor'"
-        ):
-            if value is None:
-                continue
-            try:
-                v = codec.decode(bytes(value))
-            except Exception:
-                continue
-            if isinstance(v, dict) and isinstance(v.get("display_name"), str):
-                out[str(key)] = v["display_name"]
-        return out
+        return views_actor_names(self._state.conn)
 
     def _api_json(self, rec: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
         """The projection's record plus what the UI shows: table, field name/label, authors."""

@@ -7,10 +7,10 @@ this user switched on. Written atomically (temp file + rename).
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
+
+from actors import private_json
 
 FILE = "scripts.json"
 DECISIONS = ("always", "never")
@@ -21,10 +21,7 @@ class ScriptSettings:
         self.path = home / FILE
 
     def _load(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text("utf-8"))
-        except (OSError, ValueError):
-            return {"grants": {}, "triggers": {}}
+        data = private_json.load(self.path)
         if not isinstance(data, dict):
             return {"grants": {}, "triggers": {}}
         data.setdefault("grants", {})
@@ -32,11 +29,7 @@ class ScriptSettings:
         return data
 
     def _save(self, data: dict[str, Any]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        private_json.save(self.path, data)
 
     @staticmethod
     def grant_key(module: str, version: str) -> str:

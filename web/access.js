@@ -30,7 +30,8 @@ function fp(actorHex) {
   return actorHex ? String(actorHex).slice(0, 8) : "";
 }
 
-function setError(node, msg) {
+/** Show `msg` (with an error icon) in `node`, or hide it when there is none. */
+export function setError(node, msg) {
   if (!msg) {
     node.hidden = true;
     node.replaceChildren();

@@ -5,7 +5,7 @@
 import * as api from "./api.js";
 import { EventStream } from "./events.js";
 import { Grid, isMac } from "./grid.js";
-import { newTableDialog } from "./dialogs.js";
+import { askText, newTableDialog } from "./dialogs.js";
 import { toast, announce } from "./toast.js";
 import { hydrateIcons, icon } from "./icons.js";
 import { shortId } from "./format.js";
@@ -649,6 +649,7 @@ const refreshWorkspace = coalesce(async () => {
   state.ws = ws;
   $("ws-name").textContent = ws.name || "Untitled workspace";
   $("me").textContent = ws.display_name || "";
+  $("me").setAttribute("aria-label", `Your name: ${ws.display_name || ""} (change)`);
   document.title = `${ws.name || "Workspace"} · openprod`;
   const ov = ws.active_overlay;
   if (ov) {
@@ -922,6 +923,17 @@ async function newTable() {
   }
 }
 
+/** The display name teammates see (J1 sets it first; it can change any time). */
+async function changeName() {
+  const name = await askText({ title: "Your name", label: "Name teammates see",
+    initial: state.ws ? state.ws.display_name || "" : "", submitLabel: "Save",
+    help: "Shown next to your changes, in conflicts and in the peers list on every computer." });
+  if (!name) return;
+  await command(() => api.post("/identity/update", { display_name: name }));
+  await refreshWorkspace();
+  announce(`Your name is now ${name}`);
+}
+
 // --- events -------------------------------------------------------------------------------
 
 function onEvent(ev) {
@@ -1072,6 +1084,8 @@ async function main() {
     e.preventDefault();
     grid.focusActive();
   });
+  $("me").addEventListener("click", () => changeName()
+    .catch((e) => reportError(e, "Couldn't change your name")));
   $("undo-btn").addEventListener("click", () => undoRedo("undo"));
   $("redo-btn").addEventListener("click", () => undoRedo("redo"));
   $("new-table-btn").addEventListener("click", newTable);

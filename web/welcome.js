@@ -11,23 +11,13 @@ import { el } from "./dom.js";
 import { icon } from "./icons.js";
 import { modal } from "./dialogs.js";
 import { toast, announce } from "./toast.js";
-import { formatCode, showRecoverySecret } from "./access.js";
+import { formatCode, setError, showRecoverySecret } from "./access.js";
 import { fingerprint, parseAddress } from "./sync.js";
 import { newestVersion } from "./modules.js";
 
 const $ = (id) => document.getElementById(id);
 const DISCOVER_POLL_MS = 3000;
 let uid = 0;
-
-function setError(node, msg) {
-  if (!msg) {
-    node.hidden = true;
-    node.replaceChildren();
-    return;
-  }
-  node.replaceChildren(el("span", { html: icon("error") }), document.createTextNode(msg));
-  node.hidden = false;
-}
 
 function peersOnline(n) {
   return `${n} ${n === 1 ? "peer" : "peers"} online`;

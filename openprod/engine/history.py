@@ -24,8 +24,8 @@ import apsw
 import cbor2
 from blake3 import blake3
 
-from openprod.core import codec, ids
 from openprod.core import hlc as hlcmod
+from openprod.core import ids
 from openprod.core import vclock as vcmod
 from openprod.core.errors import IntegrityError, NotFound, ValidationError
 from openprod.engine import crdt
@@ -160,7 +160,7 @@ class _Walk:
         self.group = _merged_group(views, e)
         self.kinds: dict[bytes, str] = {}
         self.vcs: dict[bytes, dict[bytes, bytes]] = {}
-        self.names = {**names, **_actor_names(views)}
+        self.names = {**names, **views.actor_names()}
         self.fdefs: dict[tuple[str, str], FieldDef | None] = {}
         self.labels: dict[str, str] = {}
         self.rec_names: dict[bytes, str | None] = {}
@@ -572,21 +572,6 @@ def _merged_group(views: Views, e: bytes) -> list[bytes]:
                 group.append(a)
                 todo.append(a)
     return group
-
-
-def _actor_names(views: Views) -> dict[str, str]:
-    """actor hex -> display name, from the synced `actor` profiles (as the conflicts list)."""
-    out: dict[str, str] = {}
-    for key, value in views.conn.execute("SELECT key, value FROM config WHERE ns = 'actor'"):
-        if value is None:
-            continue
-        try:
-            v = codec.decode(bytes(value))
-        except Exception:
-            continue
-        if isinstance(v, dict) and isinstance(v.get("display_name"), str):
-            out[str(key)] = v["display_name"]
-    return out
 
 
 def _clip(s: str | None) -> str:

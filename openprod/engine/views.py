@@ -148,6 +148,10 @@ class Views:
                 out.append(et)
         return out
 
+    def actor_names(self) -> dict[str, str]:
+        """Actor hex → display name, from every synced `actor` profile that has one."""
+        return actor_names(self.conn)
+
     def actor_name(self, actor: bytes) -> str:
         """A person's display name from the synced `actor` profile, else 8 hex of the key."""
         for (v,) in self.conn.execute(
@@ -411,3 +415,19 @@ def _read(views: Views, v: list[Any] | None) -> Any:
 
 def as_ids(xs: Iterable[bytes]) -> list[str]:
     return [ids.to_text(x) for x in xs]
+
+
+def actor_names(conn: Any) -> dict[str, str]:
+    """Actor hex → display name from the synced `actor` profiles of a state database
+    (a profile that does not decode, or names nobody, is skipped)."""
+    out: dict[str, str] = {}
+    for key, value in conn.execute("SELECT key, value FROM config WHERE ns = 'actor'"):
+        if value is None:
+            continue
+        try:
+            v = codec.decode(bytes(value))
+        except Exception:
+            continue
+        if isinstance(v, dict) and isinstance(v.get("display_name"), str):
+            out[str(key)] = v["display_name"]
+    return out

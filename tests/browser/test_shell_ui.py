@@ -119,6 +119,15 @@ def test_first_start_welcome_and_create_workspace(tmp_path: Path) -> None:
         expect(page.locator("#conn")).to_have_text("Live")
         expect(page.locator("#me")).to_have_text("Alex")
         expect(page.get_by_role("dialog", name="Welcome to openprod")).to_have_count(0)
+
+        # the name can change later: the top bar's name opens the dialog
+        page.get_by_role("button", name="Your name: Alex (change)").click()
+        ask = page.get_by_role("dialog", name="Your name")
+        expect(ask.get_by_label("Name teammates see")).to_have_value("Alex")
+        ask.get_by_label("Name teammates see").fill("Alex Moreno")
+        ask.get_by_label("Name teammates see").press("Enter")
+        expect(page.locator("#me")).to_have_text("Alex Moreno")
+        assert eng.ok("GET", "/identity")["display_name"] == "Alex Moreno"
         _no_errors(errors)
 
 
