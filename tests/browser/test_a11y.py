@@ -24,7 +24,7 @@ from typing import Any
 
 from tests.browser.test_conflicts_overlays import _prepare
 from tests.browser.test_files_ui import make_png
-from tests.browser.test_grid import cell, chromium, serve
+from tests.browser.test_grid import cell, chromium, open_page, serve
 from tests.browser.test_sync_ui import Engine
 
 AXE = Path(__file__).resolve().parents[1] / "vendor" / "axe-core" / "axe.min.js"
@@ -42,13 +42,7 @@ RUN_AXE = """async (tags) => {
 
 def new_page(browser: Any, url: str, errors: list[str]) -> Any:
     # bypass_csp: axe is injected as an inline script, which a strict CSP would refuse
-    ctx = browser.new_context(viewport={"width": 1280, "height": 760}, bypass_csp=True)
-    page = ctx.new_page()
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-    page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error"
-            else None)
-    page.goto(url)
-    return page
+    return open_page(browser, url, errors, bypass_csp=True)
 
 
 def axe(page: Any, screen: str, found: list[dict[str, Any]]) -> None:

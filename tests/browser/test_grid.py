@@ -111,8 +111,10 @@ def cell(page: Any, row: int, label: str) -> Any:
     return page.locator("table.grid tbody tr").nth(row).locator(f'td[data-label="{label}"]')
 
 
-def open_page(browser: Any, url: str, errors: list[str]) -> Any:
-    ctx = browser.new_context(viewport={"width": 1280, "height": 760})
+def open_page(browser: Any, url: str, errors: list[str], *, height: int = 760,
+              bypass_csp: bool = False) -> Any:
+    """A fresh context on `url`; page errors and console errors are collected in `errors`."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": height}, bypass_csp=bypass_csp)
     page = ctx.new_page()
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
     page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error"

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tests.browser.test_grid import chromium, serve
+from tests.browser.test_grid import chromium, open_page, serve
 from tests.browser.test_sync_ui import LINK, Engine
 
 ROWS = 40
@@ -35,16 +35,6 @@ SCROLLER = """() => {
   }
   return null;
 }"""
-
-
-def open_page(browser: Any, url: str, errors: list[str], height: int = 760) -> Any:
-    ctx = browser.new_context(viewport={"width": 1280, "height": height})
-    page = ctx.new_page()
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-    page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error"
-            else None)
-    page.goto(url)
-    return page
 
 
 def at(page: Any, rec: str, label: str) -> Any:
