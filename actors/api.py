@@ -811,8 +811,7 @@ async def resolve_conflict(node: Node, body: dict[str, Any]) -> dict[str, Any]:
 def _overlay_json(info: dict[str, Any]) -> dict[str, Any]:
     return {"id": ids.to_text(info["id"]), "name": info["name"], "source": info["source"],
             "status": info["status"], "created_at": info["created_at"],
-            "changes": info["changes"], "drifted": info["drifted"],
-            "new_records": info["new_records"], "records": info["records"]}
+            "changes": info["changes"], "drifted": info["drifted"]}
 
 
 @api("/overlays/list", "GET", "Overlays (staging areas) and which one is active",
@@ -822,7 +821,8 @@ async def list_overlays(node: Node, body: Any) -> dict[str, Any]:
 
     def fn(ws: Workspace) -> dict[str, Any]:
         active = ws.overlays.active
-        return {"overlays": [_overlay_json(o) for o in ws.list_overlays()],
+        return {"overlays": [{**_overlay_json(o), **ws.overlays.record_counts(o["id"])}
+                             for o in ws.list_overlays()],
                 "active": ids.to_text(active) if active is not None else None}
     return dict(await _command(node, fn))
 

@@ -229,19 +229,24 @@ class OverlayStore:
             n = self._scalar("SELECT count(*) FROM overlay_ops WHERE overlay_id = ?", oid)
             d = self._scalar("SELECT count(*) FROM overlay_ops WHERE overlay_id = ?"
                              " AND drifted = 1", oid)
-            # in words for people: an import of 47 rows is "47 new records", not its ops
-            made = self._scalar("SELECT count(*) FROM overlay_ops WHERE overlay_id = ?"
-                                " AND t = 'CreateEntity'", oid)
-            touched = self._scalar("SELECT count(DISTINCT entity_id) FROM overlay_ops"
-                                   " WHERE overlay_id = ? AND entity_id IS NOT NULL", oid)
+
             return {"id": oid, "name": name, "source": list(codec.decode(bytes(source))),
                     "status": status, "created_at": created,
                     "commit_bundle": bytes(cb) if cb is not None else None,
-                    "changes": int(n), "drifted": int(d), "new_records": int(made),
-                    "records": int(touched),
+                    "changes": int(n), "drifted": int(d),
                     "meta": codec.decode(bytes(meta)) if meta is not None else {}}
         raise OverlayNotFound(f"no overlay {ids.to_text(oid) if ids.is_id(oid) else oid!r}",
                               overlay_id=ids.to_text(oid) if ids.is_id(oid) else repr(oid))
+
+    def record_counts(self, oid: bytes) -> dict[str, int]:
+        """In words for people: an import of 47 rows is "47 new records", not its ops. Only the
+        overlays list asks (it is a scan of the overlay's rows)."""
+        self.flush()
+        made = self._scalar("SELECT count(*) FROM overlay_ops WHERE overlay_id = ?"
+                            " AND t = 'CreateEntity'", oid)
+        touched = self._scalar("SELECT count(DISTINCT entity_id) FROM overlay_ops"
+                               " WHERE overlay_id = ? AND entity_id IS NOT NULL", oid)
+        return {"new_records": int(made), "records": int(touched)}
 
     def list_all(self) -> list[dict[str, Any]]:
         return [self.get(bytes(o)) for (o,) in self.conn.execute(

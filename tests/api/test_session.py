@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 
 from actors.api import COOKIE, create_app
 from actors.home import Home
@@ -138,9 +139,9 @@ async def test_request_during_a_workspace_switch_waits_for_the_new_one(api: Api)
     got: list[Any] = []
     async with trio.open_nursery() as n:
         n.start_soon(api.node.open_workspace, second)
-        with trio.fail_after(10):
-            while api.node.session is not None:  # the old session is being stopped
-                await trio.sleep(0)
+        # the switch runs until it blocks while stopping the old session (none open then)
+        await trio.testing.wait_all_tasks_blocked()
+        assert api.node.session is None
         resp = await api.get("/workspace/current")
         got.append((resp.status_code, await resp.get_json()))
     status, body = got[0]
