@@ -195,6 +195,20 @@ def test_main_screens_have_no_serious_violations(tmp_path: Path) -> None:
     assert not [e for e in errors if not re.search(r"Failed to load resource.* 409", e)], errors
 
 
+def _check_popup(page: Any, button: str, popup: Any, what: str, found: list[dict[str, Any]],
+                 says: str | None = None) -> None:
+    """Open a dialog or menu with its button, run axe on it, close it with Esc."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("button", name=button, exact=True).click()
+    expect(popup).to_be_visible()
+    if says:
+        expect(popup).to_contain_text(says)
+    axe(page, what, found)
+    page.keyboard.press("Escape")
+    expect(popup).to_be_hidden()
+
+
 def test_issue9_screens_have_no_serious_violations(tmp_path: Path) -> None:
     """The screens added by issue 9, same rule: the record inspector (of a record with a
     conflict), the Filters, Sort and Fields popovers, Invite… and Switch…, the CSV import
@@ -217,38 +231,17 @@ def test_issue9_screens_have_no_serious_violations(tmp_path: Path) -> None:
         expect(page.locator("#inspector-host")).to_be_hidden()
 
         for button, dialog in (("Filter", "Filters"), ("Sort", "Sort"), ("Fields", "Fields")):
-            page.get_by_role("button", name=button, exact=True).click()
-            pop = page.get_by_role("dialog", name=dialog)
-            expect(pop).to_be_visible()
-            axe(page, f"{dialog} popover", found)
-            page.keyboard.press("Escape")
-            expect(pop).to_be_hidden()
-
-        page.get_by_role("button", name="Invite…").click()
-        invite = page.get_by_role("dialog", name=re.compile("^Invite"))
-        expect(invite).to_contain_text("everyone who joins can edit")
-        axe(page, "Invite dialog", found)
-        page.keyboard.press("Escape")
-        expect(invite).to_be_hidden()
-        page.get_by_role("button", name="Switch…").click()
-        switch = page.get_by_role("dialog", name="Switch workspace")
-        expect(switch).to_be_visible()
-        axe(page, "Switch workspace dialog", found)
-        page.keyboard.press("Escape")
-        expect(switch).to_be_hidden()
-
-        page.get_by_role("button", name="Import CSV…").click()
-        imp = page.get_by_role("dialog", name="Import a CSV file into Cues")
-        expect(imp).to_be_visible()
-        axe(page, "CSV import dialog", found)
-        page.keyboard.press("Escape")
-        expect(imp).to_be_hidden()
-        page.get_by_role("button", name="Export CSV ▾").click()
-        menu = page.get_by_role("menu", name="Export CSV")
-        expect(menu).to_be_visible()
-        axe(page, "CSV export menu", found)
-        page.keyboard.press("Escape")
-        expect(menu).to_be_hidden()
+            _check_popup(page, button, page.get_by_role("dialog", name=dialog),
+                         f"{dialog} popover", found)
+        _check_popup(page, "Invite…", page.get_by_role("dialog", name=re.compile("^Invite")),
+                     "Invite dialog", found, says="everyone who joins can edit")
+        _check_popup(page, "Switch…", page.get_by_role("dialog", name="Switch workspace"),
+                     "Switch workspace dialog", found)
+        _check_popup(page, "Import CSV…",
+                     page.get_by_role("dialog", name="Import a CSV file into Cues"),
+                     "CSV import dialog", found)
+        _check_popup(page, "Export CSV ▾", page.get_by_role("menu", name="Export CSV"),
+                     "CSV export menu", found)
 
         Engine(url).ok("POST", "/modules/adopt", {"id": "crew_calls"})
         page.locator("#table-list").get_by_role("button", name="Calls", exact=True).click()
